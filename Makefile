@@ -1,0 +1,46 @@
+# capture-worker: `make demo` and `make test` each do the whole set-up from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CW := $(BIN)/capture-worker
+
+.PHONY: install demo test lint typecheck down status reliability bench schemas clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	$(CW) stack up
+
+demo: up
+	$(CW) migrate
+	$(BIN)/python -m worker.interfaces.cli.demo
+
+test: up
+	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+reliability: up
+	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m reliability -p no:randomly $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check worker contracts tests
+	$(BIN)/ruff format --check worker contracts tests
+	$(BIN)/mypy
+
+schemas: install
+	$(BIN)/python -m contracts.generate
+
+status: install
+	$(CW) stack status
+
+down: install
+	$(CW) stack down
+
+clean: down
+	rm -rf $(VENV)

@@ -1,0 +1,112 @@
+"""CaptureArtifactCommand v1: a user captured an artifact (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_EMBEDDING_DIM = 384
+MAX_URL_LENGTH = 2048
+MAX_TITLE_LENGTH = 512
+MAX_READING_DEPTH = 1.5
+
+
+class CaptureArtifactCommand(BaseModel):
+    """Capture an artifact for a user; `command_id` is the idempotency key.
+
+    Validate with `model_validate_json(raw, context={"embedding_dim": D})` when the
+    deployment's dimension is not the default 384. Unknown fields are ignored.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        strict=True,
+        extra="ignore",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "command_id": "5b0f6c9e-2f6f-4d43-9d0e-6f1b8c1f7a11",
+                    "user_id": "0d7c3f2a-8e55-4c55-b2a4-1f4a7c0e9b10",
+                    "url": "https://example.com/articles/kafka-exactly-once",
+                    "title": "Exactly-once effects on at-least-once delivery",
+                    "embedding": [0.12, -0.03, 0.4],
+                    "reading_depth": 0.75,
+                    "occurred_at": "2026-11-26T09:30:00+00:00",
+                    "schema_version": 1,
+                }
+            ]
+        },
+    )
+
+    command_id: UUID = Field(
+        description="Idempotency key; a producer retry reuses it with the same payload."
+    )
+    user_id: UUID = Field(description="The capturing user; equals the Kafka record key.")
+    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH)] = Field(
+        description="http(s) URL of the artifact; identity is (user_id, canonical url)."
+    )
+    title: Annotated[str, Field(max_length=MAX_TITLE_LENGTH)] | None = Field(
+        default=None, description="Optional title."
+    )
+    embedding: list[float] = Field(
+        description="Content embedding: exactly EMBEDDING_DIM finite numbers, not all zero.",
+        min_length=1,
+    )
+    reading_depth: float = Field(
+        ge=0.0, le=MAX_READING_DEPTH,
+        description="How deeply it was read; above 1.0 means re-reading.",
+    )
+    occurred_at: AwareDatetime = Field(
+        description="RFC 3339 time of the capture, with offset; the database's clock for state."
+    )
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Contract version; only 1 is accepted."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from exc
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        if not parts.hostname:
+            raise ValueError("must have a host")
+        if any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_shape(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        context = info.context if isinstance(info.context, dict) else {}
+        dim = int(context.get("embedding_dim", DEFAULT_EMBEDDING_DIM))
+        if len(value) != dim:
+            raise ValueError(f"must have exactly {dim} numbers, got {len(value)}")
+        if not any(value):
+            raise ValueError("must not be all zero")
+        if not all(math.isfinite(x) for x in value):
+            raise ValueError("must contain only finite numbers")
+        return value
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {value}; this worker reads {SCHEMA_VERSION}")
+        return value

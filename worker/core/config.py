@@ -1,0 +1,74 @@
+"""Settings from the environment (and `.env`); defaults point at `capture-worker stack up`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_KAFKA = "127.0.0.1:19092"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/capture"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker and its tools, one place."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        DEFAULT_KAFKA, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    database_url: SecretStr = Field(
+        SecretStr(DEFAULT_DATABASE_URL), validation_alias=_env("DATABASE_URL")
+    )
+    commands_topic: str = Field("capture.commands", validation_alias=_env("CAPTURE_COMMANDS_TOPIC"))
+    results_topic: str = Field("capture.results", validation_alias=_env("CAPTURE_RESULTS_TOPIC"))
+    dlq_topic: str = Field("capture.dlq", validation_alias=_env("CAPTURE_DLQ_TOPIC"))
+    consumer_group: str = Field("capture-worker", validation_alias=_env("CAPTURE_CONSUMER_GROUP"))
+    embedding_dim: int = Field(384, ge=1, le=16000, validation_alias=_env("CAPTURE_EMBEDDING_DIM"))
+    max_message_bytes: int = Field(
+        1024 * 1024, ge=1024, validation_alias=_env("CAPTURE_MAX_MESSAGE_BYTES")
+    )
+    topic_partitions: int = Field(6, ge=1, validation_alias=_env("CAPTURE_TOPIC_PARTITIONS"))
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", validation_alias=_env("CAPTURE_AUTO_OFFSET_RESET")
+    )
+    batch_size: int = Field(100, ge=1, le=10000, validation_alias=_env("CAPTURE_BATCH_SIZE"))
+    batch_linger_ms: int = Field(20, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
+    retry_initial_s: float = Field(0.2, gt=0, validation_alias=_env("CAPTURE_RETRY_INITIAL_S"))
+    retry_max_s: float = Field(10.0, gt=0, validation_alias=_env("CAPTURE_RETRY_MAX_S"))
+    retry_max_attempts: int = Field(
+        0, ge=0, validation_alias=_env("CAPTURE_RETRY_MAX_ATTEMPTS"),
+        description="0 retries transient failures forever",
+    )
+    http_host: str = Field("127.0.0.1", validation_alias=_env("CAPTURE_HTTP_HOST"))
+    http_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("CAPTURE_HTTP_PORT"))
+    log_format: Literal["auto", "json", "pretty"] = Field(
+        "auto", validation_alias=_env("CAPTURE_LOG_FORMAT")
+    )
+    log_level: str = Field("INFO", validation_alias=_env("CAPTURE_LOG_LEVEL"))
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_MECHANISM")
+    )
+    kafka_sasl_username: str | None = Field(None, validation_alias=_env("KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_PASSWORD")
+    )
+    kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,21 @@
+"""`capture-worker`: the one console script."""
+
+from __future__ import annotations
+
+import typer
+
+from worker.interfaces.cli import db, stack
+
+app = typer.Typer(
+    name="capture-worker",
+    help="Kafka-to-PostgreSQL capture worker and its operator tools.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+app.add_typer(stack.app, name="stack")
+db.register(app)
+
+
+if __name__ == "__main__":
+    app()
