@@ -28,6 +28,7 @@ class CaptureArtifactCommand(BaseModel):
 
     Validate with `model_validate_json(raw, context={"embedding_dim": D})` when the
     deployment's dimension is not the default 384. Unknown fields are ignored.
+    The example's embedding is shortened to 3 numbers for reading.
     """
 
     model_config = ConfigDict(
@@ -56,24 +57,32 @@ class CaptureArtifactCommand(BaseModel):
     )
     user_id: UUID = Field(description="The capturing user; equals the Kafka record key.")
     url: Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH)] = Field(
-        description="http(s) URL of the artifact; identity is (user_id, canonical url)."
+        description="http(s) URL of the artifact; identity is (user_id, canonical url).",
+        # Documents the scheme rule for non-Python producers; `_http_url` enforces it.
+        json_schema_extra={"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"},
     )
     title: Annotated[str, Field(max_length=MAX_TITLE_LENGTH)] | None = Field(
         default=None, description="Optional title."
     )
     embedding: list[float] = Field(
-        description="Content embedding: exactly EMBEDDING_DIM finite numbers, not all zero.",
+        description=(
+            f"Content embedding: exactly EMBEDDING_DIM finite numbers (default "
+            f"{DEFAULT_EMBEDDING_DIM}; the deployment's CAPTURE_EMBEDDING_DIM), not all zero."
+        ),
         min_length=1,
     )
     reading_depth: float = Field(
-        ge=0.0, le=MAX_READING_DEPTH,
+        ge=0.0,
+        le=MAX_READING_DEPTH,
         description="How deeply it was read; above 1.0 means re-reading.",
     )
     occurred_at: AwareDatetime = Field(
         description="RFC 3339 time of the capture, with offset; the database's clock for state."
     )
     schema_version: int = Field(
-        default=SCHEMA_VERSION, description="Contract version; only 1 is accepted."
+        default=SCHEMA_VERSION,
+        description="Contract version; only 1 is accepted.",
+        json_schema_extra={"const": SCHEMA_VERSION},
     )
 
     @field_validator("url")
@@ -108,5 +117,7 @@ class CaptureArtifactCommand(BaseModel):
     @classmethod
     def _supported_version(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {value}; this worker reads {SCHEMA_VERSION}")
+            raise ValueError(
+                f"unsupported schema_version {value}; this worker reads {SCHEMA_VERSION}"
+            )
         return value
