@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(100, ge=1, le=10000, validation_alias=_env("CAPTURE_BATCH_SIZE"))
     batch_linger_ms: int = Field(20, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
+    max_poll_records: int = Field(
+        500, ge=1, le=100000, validation_alias=_env("CAPTURE_MAX_POLL_RECORDS")
+    )
+    db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
+    config_ttl_s: float = Field(30.0, gt=0, validation_alias=_env("CAPTURE_CONFIG_TTL_S"))
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, validation_alias=_env("CAPTURE_SHUTDOWN_TIMEOUT_S")
+    )
     retry_initial_s: float = Field(0.2, gt=0, validation_alias=_env("CAPTURE_RETRY_INITIAL_S"))
     retry_max_s: float = Field(10.0, gt=0, validation_alias=_env("CAPTURE_RETRY_MAX_S"))
     retry_max_attempts: int = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -11,7 +12,7 @@ import structlog
 _SECRET_KEYS = frozenset({"password", "sasl_password", "database_url", "dsn", "embedding"})
 
 
-def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Belt and braces: callers never pass these, but a stray kwarg must not leak.
     for key in _SECRET_KEYS.intersection(event):
         event[key] = "***"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.interfaces.cli import db, stack
+from worker.interfaces.cli import db, run, stack
 
 app = typer.Typer(
     name="capture-worker",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 db.register(app)
+run.register(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The application handler against a tiny fake store: classification, order, chunking."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from contracts import ErrorKind
+from worker.application.handlers.capture_handler import (
+    Limits,
+    decode_command,
+    handle_capture_batch,
+    result_bytes,
+)
+from worker.application.ports import Envelope
+from worker.domain.errors import PermanentError
+from worker.domain.ids import rejection_event_id
+
+DIM = 4
+LIMITS = Limits(embedding_dim=DIM, max_message_bytes=2048, db_batch_size=2)
+
+
+def command(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "command_id": str(uuid.uuid4()),
+        "user_id": "0d7c3f2a-8e55-4c55-b2a4-1f4a7c0e9b10",
+        "url": "https://example.com/a",
+        "embedding": [0.1, 0.2, 0.3, 0.4],
+        "reading_depth": 0.5,
+        "occurred_at": "2026-11-26T09:30:00+00:00",
+    }
+    base.update(overrides)
+    return base
+
+
+def envelope(value: bytes | None, offset: int = 0, key: bytes | None = None) -> Envelope:
+    if key is None and value is not None:
+        try:
+            key = json.loads(value)["user_id"].encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            key = None
+    return Envelope("capture.commands", 0, offset, key, value, (("trace", b"\xff"),))
+
+
+class FakeStore:
+    """Echoes each command as an 'ingested' result; refuses urls containing 'refuse'."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.rejections: dict[str, dict[str, Any]] = {}
+
+    async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
+        self.calls.append(list(commands_json))
+        out: list[Any] = []
+        for text in commands_json:
+            data = json.loads(text)
+            if "refuse" in data["url"]:
+                out.append(PermanentError(ErrorKind.CONSTRAINT, "url: refused", sqlstate="22023"))
+            else:
+                out.append({"command_id": data["command_id"], "status": "ingested"})
+        return out
+
+    async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.rejections.setdefault(r["event_id"], r) for r in results]
+
+    async def system_config(self) -> Mapping[str, Any]:
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (b"\xff\xfe not json", ErrorKind.UNDECODABLE),
+        (b"[1, 2]", ErrorKind.INVALID),
+        (json.dumps(command(embedding=[1.0, 2.0])).encode(), ErrorKind.INVALID),
+        (json.dumps(command(reading_depth=1.7)).encode(), ErrorKind.INVALID),
+        (json.dumps(command(schema_version=2)).encode(), ErrorKind.UNSUPPORTED_VERSION),
+        (json.dumps(command(url="ftp://x/y")).encode(), ErrorKind.INVALID),
+        (json.dumps(command(occurred_at="2026-11-26T09:30:00")).encode(), ErrorKind.INVALID),
+        (json.dumps(command(embedding=[0, 0, 0, 0])).encode(), ErrorKind.INVALID),
+        (b'{"command_id": "x"}' + b" " * 4096, ErrorKind.OVERSIZE),
+        (None, ErrorKind.UNDECODABLE),
+    ],
+)
+def test_decode_classifies_each_poison_kind(value: bytes | None, kind: ErrorKind) -> None:
+    with pytest.raises(PermanentError) as info:
+        decode_command(envelope(value), LIMITS)
+    assert info.value.kind is kind
+
+
+def test_decode_names_the_field() -> None:
+    with pytest.raises(PermanentError) as info:
+        decode_command(envelope(json.dumps(command(reading_depth=-0.1)).encode()), LIMITS)
+    assert info.value.message.startswith("reading_depth:")
+
+
+def test_key_must_match_user_id() -> None:
+    value = json.dumps(command()).encode()
+    with pytest.raises(PermanentError, match="record key"):
+        decode_command(envelope(value, key=b"someone-else"), LIMITS)
+
+
+async def test_batch_keeps_order_chunks_and_isolates_refusals() -> None:
+    store = FakeStore()
+    good = [command() for _ in range(3)]
+    refused = command(url="https://example.com/refuse")
+    values = [
+        json.dumps(good[0]).encode(),
+        b"not json",
+        json.dumps(good[1]).encode(),
+        json.dumps(refused).encode(),
+        json.dumps(good[2]).encode(),
+    ]
+    outcomes = await handle_capture_batch(
+        [envelope(v, offset=i) for i, v in enumerate(values)], store=store, limits=LIMITS
+    )
+    assert [o.envelope.offset for o in outcomes] == [0, 1, 2, 3, 4]
+    # Valid commands went to the store in order, two per call (db_batch_size=2).
+    assert [len(c) for c in store.calls] == [2, 2]
+    assert [json.loads(t)["command_id"] for c in store.calls for t in c] == [
+        good[0]["command_id"], good[1]["command_id"], refused["command_id"], good[2]["command_id"]
+    ]
+    assert outcomes[1].error is not None and outcomes[1].error.kind is ErrorKind.UNDECODABLE
+    assert outcomes[1].result is None  # no readable ids: DLQ only
+    assert outcomes[3].error is not None and outcomes[3].error.kind is ErrorKind.CONSTRAINT
+    rejected = outcomes[3].result
+    assert rejected is not None and rejected["status"] == "rejected"
+    assert rejected["error"] == {"kind": "constraint", "message": "url: refused"}
+    assert rejected["event_id"] == str(
+        rejection_event_id(uuid.UUID(refused["command_id"]), values[3])
+    )
+    assert [o.error for o in outcomes if o.envelope.offset in (0, 2, 4)] == [None] * 3
+
+
+async def test_redelivered_rejection_is_the_stored_one() -> None:
+    store = FakeStore()
+    value = json.dumps(command(reading_depth=9)).encode()
+    first = await handle_capture_batch([envelope(value)], store=store, limits=LIMITS)
+    second = await handle_capture_batch([envelope(value)], store=store, limits=LIMITS)
+    assert first[0].result is not None and second[0].result is not None
+    assert result_bytes(first[0].result) == result_bytes(second[0].result)
+
+
+def test_result_bytes_are_canonical() -> None:
+    assert result_bytes({"b": 1, "a": [1, 2]}) == b'{"a":[1,2],"b":1}'

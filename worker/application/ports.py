@@ -1,0 +1,39 @@
+"""What the application needs from the outside world, as small Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from worker.domain.errors import PermanentError
+
+ResultObject = dict[str, Any]
+
+
+class CaptureStore(Protocol):
+    """The database, command-shaped: the only writes are these calls."""
+
+    async def ingest_batch(
+        self, commands_json: Sequence[str]
+    ) -> list[ResultObject | PermanentError]:
+        """Apply each command in order, in one transaction; a refused one is isolated."""
+        ...
+
+    async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:
+        """Store rejected results by event_id; return the stored (first) versions."""
+        ...
+
+    async def system_config(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One consumed record, as the application sees it (no Kafka types)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]

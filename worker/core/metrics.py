@@ -1,0 +1,61 @@
+"""Prometheus metrics of the worker (served on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES = Counter(
+    "capture_messages_total",
+    "Commands processed, by outcome.",
+    ["status"],
+    registry=REGISTRY,
+)
+DLQ = Counter(
+    "capture_dlq_total",
+    "Records sent to the dead-letter topic, by error kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "capture_retries_total",
+    "Transient failures that were retried, by stage.",
+    ["stage"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "capture_batch_seconds",
+    "Time to handle one fetched batch: database, result publish and commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+HANDLER_SECONDS = Histogram(
+    "capture_handler_seconds",
+    "Per-message handler latency (batch time divided over its messages).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "capture_batch_size",
+    "Messages per fetched batch.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "capture_consumer_lag",
+    "High-water mark minus the next offset to process, per partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "capture_ready",
+    "1 when Kafka and PostgreSQL are reachable and the consumer runs.",
+    registry=REGISTRY,
+)
+DEPENDENCY_UP = Gauge(
+    "capture_dependency_up",
+    "1 when the dependency answered its last probe.",
+    ["dependency"],
+    registry=REGISTRY,
+)

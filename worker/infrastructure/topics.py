@@ -1,0 +1,39 @@
+"""Create the worker's topics when missing; existing ones are left as they are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    max_message_bytes: int | None = None,
+) -> list[str]:
+    """Create each missing topic; return the names created."""
+    existing = set(await admin.list_topics())
+    configs = {"max.message.bytes": str(max_message_bytes)} if max_message_bytes else {}
+    missing = [
+        NewTopic(name, partitions, replication_factor, topic_configs=configs)
+        for name in dict.fromkeys(names)
+        if name not in existing
+    ]
+    if not missing:
+        return []
+    response = await admin.create_topics(missing)
+    created: list[str] = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        if code == 0:
+            created.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            message = entry[2] if len(entry) > 2 else ""
+            raise RuntimeError(f"could not create topic {name}: error {code} {message}")
+    return created

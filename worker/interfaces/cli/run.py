@@ -1,0 +1,47 @@
+"""`capture-worker run`: the worker process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from worker.core.config import get_settings
+from worker.core.logging import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(
+        http_port: Annotated[
+            int | None,
+            typer.Option(help="Port of /healthz, /readyz and /metrics (default CAPTURE_HTTP_PORT, 8080; 0 picks one)."),
+        ] = None,
+    ) -> None:
+        """Consume commands, call ingest_with_signal, publish results. Stops cleanly on SIGTERM/SIGINT."""
+        settings = get_settings()
+        if http_port is not None:
+            settings = settings.model_copy(update={"http_port": http_port})
+        configure_logging(settings.log_format, settings.log_level)
+        code = asyncio.run(_run(settings))
+        raise typer.Exit(code)
+
+
+async def _run(settings: object) -> int:
+    from worker.core.config import Settings
+    from worker.interfaces.http import start_http
+    from worker.interfaces.kafka.app import build_worker
+
+    assert isinstance(settings, Settings)
+    worker = build_worker(settings)
+    server = await start_http(worker.health, settings.http_host, settings.http_port)
+    try:
+        await worker.app.run()
+    finally:
+        server.close()
+        await server.wait_closed()
+    log.info("worker stopped", exit_code=worker.exit_code)
+    return worker.exit_code

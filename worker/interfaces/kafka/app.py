@@ -1,0 +1,256 @@
+"""The FastStream application: wiring in one place (the lifespan), one batch subscriber.
+
+Ack policy is MANUAL: an offset is committed only after the database commit
+and Kafka's acknowledgement of every result and dead-letter record of the
+batch. FastStream's default (ACK_FIRST) would be at-most-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+
+from contracts import CaptureArtifactCommand, CaptureResult
+from worker.application.handlers.capture_handler import Limits
+from worker.application.ports import CaptureStore
+from worker.application.retry import Backoff
+from worker.core.config import Settings
+from worker.core.config_cache import SystemConfigCache
+from worker.core.logging import get_logger
+from worker.infrastructure.kafka_client import connection_options, producer_options
+from worker.infrastructure.topics import ensure_topics
+from worker.interfaces.http import Health
+from worker.interfaces.kafka.consumer import (
+    BatchProcessor,
+    RetriesExhausted,
+    commit,
+    observe_batch,
+    record_lag,
+)
+from worker.interfaces.kafka.publisher import OutcomePublisher
+from worker.interfaces.kafka.security import broker_security
+
+log = get_logger(__name__)
+
+StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], Awaitable[None]]]]]
+
+
+async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[], Awaitable[None]]]:
+    """The real store: an asyncpg pool behind ArtifactRepository, and how to close it."""
+    from worker.infrastructure.db import create_pool
+    from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+
+    pool = await create_pool(settings.database_url.get_secret_value(), max_size=settings.db_pool_size)
+    return ArtifactRepository(pool), pool.close
+
+
+@dataclass
+class Worker:
+    """Everything the running worker holds; built by `build_worker`, filled by the lifespan."""
+
+    settings: Settings
+    app: FastStream
+    broker: KafkaBroker
+    health: Health
+    processor: BatchProcessor | None = None
+    exit_code: int = 0
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def _safe_parser(
+    records: tuple[ConsumerRecord[Any, Any], ...],
+    original: Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    # FastStream's parser decodes every header as UTF-8; a poison header would
+    # raise before our handler could dead-letter it. Parse header-less copies
+    # and hand the handler the untouched originals.
+    message = await original(tuple(dataclasses.replace(r, headers=()) for r in records))
+    message.raw_message = records
+    return message
+
+
+async def _no_decode(message: StreamMessage[Any], original: Any) -> None:
+    # Bytes are decoded and validated by the application handler, which knows
+    # how to classify what does not decode.
+    return None
+
+
+async def _retry(what: str, attempt_fn: Callable[[], Awaitable[Any]], backoff: Backoff) -> Any:
+    attempt = 0
+    while True:
+        try:
+            return await attempt_fn()
+        except Exception as exc:  # startup waits for dependencies rather than crash-looping
+            attempt += 1
+            delay = backoff.delay(attempt)
+            log.warning("waiting for dependency", dependency=what, error=repr(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_store) -> Worker:
+    backoff = Backoff(
+        initial_s=settings.retry_initial_s,
+        max_s=settings.retry_max_s,
+        max_attempts=settings.retry_max_attempts,
+    )
+    health = Health()
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        store, close_store = await _retry("postgresql", lambda: store_factory(settings), backoff)
+        worker._closers.append(close_store)
+        producer = AIOKafkaProducer(**producer_options(settings))
+        await _retry("kafka", producer.start, backoff)
+        worker._closers.append(producer.stop)
+        admin = AIOKafkaAdminClient(**connection_options(settings))
+        await _retry("kafka", admin.start, backoff)
+        worker._closers.append(admin.close)
+        created = await _retry(
+            "kafka",
+            lambda: ensure_topics(
+                admin,
+                [settings.commands_topic, settings.results_topic, settings.dlq_topic],
+                partitions=settings.topic_partitions,
+                max_message_bytes=2 * settings.max_message_bytes + 64 * 1024,
+            ),
+            backoff,
+        )
+        if created:
+            log.info("created topics", topics=created, partitions=settings.topic_partitions)
+
+        config = SystemConfigCache(store.system_config, ttl_s=settings.config_ttl_s)
+
+        async def limits() -> Limits:
+            batch = await config.get("worker.db_batch_size", settings.batch_size)
+            return Limits(
+                embedding_dim=settings.embedding_dim,
+                max_message_bytes=settings.max_message_bytes,
+                db_batch_size=int(batch) if isinstance(batch, int | float) else settings.batch_size,
+            )
+
+        async def probe_db() -> None:
+            await store.system_config()
+
+        async def probe_kafka() -> None:
+            await admin.describe_cluster()
+
+        health.probes.update(postgresql=probe_db, kafka=probe_kafka)
+        await health.check_once()
+        prober = asyncio.create_task(health.run())
+        worker.processor = BatchProcessor(
+            store=store,
+            publisher=OutcomePublisher(
+                producer, results_topic=settings.results_topic, dlq_topic=settings.dlq_topic
+            ),
+            limits=limits,
+            backoff=backoff,
+            on_transient=lambda _stage: health.up.__setitem__(_stage_dependency(_stage), False),
+        )
+        try:
+            yield
+        finally:
+            health.consuming = False
+            prober.cancel()
+            for close in reversed(worker._closers):
+                try:
+                    await close()
+                except Exception as exc:  # closing is best effort; the process is ending
+                    log.warning("error while closing", error=repr(exc))
+
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        security=broker_security(settings),
+        graceful_timeout=settings.shutdown_timeout_s,
+        client_id="capture-worker",
+        logger=None,
+    )
+
+    @broker.subscriber(
+        settings.commands_topic,
+        batch=True,
+        group_id=settings.consumer_group,
+        auto_offset_reset=settings.auto_offset_reset,
+        ack_policy=AckPolicy.MANUAL,
+        max_records=settings.max_poll_records,
+        batch_timeout_ms=settings.batch_linger_ms,
+        max_partition_fetch_bytes=2 * settings.max_message_bytes + 64 * 1024,
+        parser=_safe_parser,
+        decoder=_no_decode,
+        title="capture-commands",
+        description="CaptureArtifactCommand v1, keyed by user_id.",
+    )
+    async def on_commands(message: KafkaMessage) -> None:
+        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        if not records or worker.processor is None:
+            return
+        started = time.perf_counter()
+        try:
+            await worker.processor.process(records)
+        except RetriesExhausted as exc:
+            log.error("giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping", reason=str(exc))
+            await message.nack()
+            worker.exit_code = 3
+            app.exit()
+            return
+        except Exception:
+            # A bug, not the message's fault: rewind so the batch is seen again,
+            # and slow down rather than spin.
+            log.exception("unexpected error; batch will be redelivered", messages=len(records))
+            await message.nack()
+            await asyncio.sleep(backoff.max_s)
+            return
+        await commit(message.ack, backoff)
+        record_lag(message.consumer, records)
+        observe_batch(len(records), started)
+
+    # Documentation only (AsyncAPI): the worker writes with its own producer.
+    broker.publisher(
+        settings.results_topic,
+        title="capture-results",
+        description="CaptureResult v1, one per processed command, keyed by user_id.",
+        schema=CaptureResult,
+    )
+    broker.publisher(
+        settings.dlq_topic,
+        title="capture-dlq",
+        description="Original key, value and headers of a refused command, plus capture.* headers.",
+    )
+    _ = CaptureArtifactCommand  # the subscriber's payload schema, see docs/asyncapi.yaml
+
+    app = FastStream(broker, lifespan=lifespan, logger=None)
+
+    @app.after_startup
+    async def _consuming() -> None:
+        health.consuming = True
+        await health.check_once()
+        log.info(
+            "worker consuming",
+            topic=settings.commands_topic,
+            group=settings.consumer_group,
+            results=settings.results_topic,
+            dlq=settings.dlq_topic,
+        )
+
+    @app.on_shutdown
+    async def _stopping() -> None:
+        health.consuming = False
+        log.info("worker stopping: finishing in-flight batch, committing, leaving the group")
+
+    worker = Worker(settings=settings, app=app, broker=broker, health=health)
+    return worker
+
+
+def _stage_dependency(stage: str) -> str:
+    return "kafka" if stage in ("publish", "commit") else "postgresql"

@@ -1,0 +1,80 @@
+"""Results and dead-letter records out, every write acknowledged before the offset commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from contracts import headers as dlq_headers
+from worker.application.handlers.capture_handler import Outcome, result_bytes
+from worker.core import metrics
+from worker.domain.errors import TransientError
+
+
+def dlq_record_headers(outcome: Outcome) -> list[tuple[str, bytes]]:
+    """The original headers untouched, then the capture.* ones."""
+    env = outcome.envelope
+    error = outcome.error
+    assert error is not None
+    return [
+        *env.headers,
+        (dlq_headers.ERROR_KIND, error.kind.value.encode()),
+        (dlq_headers.ERROR_MESSAGE, error.message.encode()[:4096]),
+        (dlq_headers.SOURCE_TOPIC, env.topic.encode()),
+        (dlq_headers.SOURCE_PARTITION, str(env.partition).encode()),
+        (dlq_headers.SOURCE_OFFSET, str(env.offset).encode()),
+        (dlq_headers.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+    ]
+
+
+class OutcomePublisher:
+    def __init__(self, producer: AIOKafkaProducer, *, results_topic: str, dlq_topic: str) -> None:
+        self._producer = producer
+        self._results_topic = results_topic
+        self._dlq_topic = dlq_topic
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Send everything, then wait for every acknowledgement (acks=all)."""
+        try:
+            pending: list[asyncio.Future[Any]] = []
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    pending.append(await self._send_dlq(outcome))
+                if outcome.result is not None:
+                    key = str(outcome.user_id).encode() if outcome.user_id else outcome.envelope.key
+                    pending.append(
+                        await self._producer.send(
+                            self._results_topic, value=result_bytes(outcome.result), key=key
+                        )
+                    )
+            await asyncio.gather(*pending)
+        except KafkaError as exc:
+            raise TransientError(f"kafka publish failed: {exc!r}") from exc
+        for outcome in outcomes:
+            if outcome.error is not None:
+                metrics.DLQ.labels(kind=outcome.error.kind.value).inc()
+                metrics.MESSAGES.labels(status="rejected").inc()
+            else:
+                metrics.MESSAGES.labels(status="ingested").inc()
+
+    async def _send_dlq(self, outcome: Outcome) -> asyncio.Future[Any]:
+        env = outcome.envelope
+        headers = dlq_record_headers(outcome)
+        try:
+            future: asyncio.Future[Any] = await self._producer.send(
+                self._dlq_topic, value=env.value, key=env.key, headers=headers
+            )
+            return future
+        except MessageSizeTooLargeError:
+            # Too big even for the dead-letter topic: keep the evidence (headers,
+            # source coordinates) rather than block the partition forever.
+            headers.append(("capture.value.dropped", str(len(env.value or b"")).encode()))
+            future = await self._producer.send(
+                self._dlq_topic, value=None, key=env.key, headers=headers
+            )
+            return future
