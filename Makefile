@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CW := $(BIN)/capture-worker
 
-.PHONY: install demo test lint typecheck down status reliability bench schemas clean
+.PHONY: install up demo test lint down status reliability bench schemas docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: install
 
 schemas: install
 	$(BIN)/python -m contracts.generate
+
+docs: install
+	$(BIN)/faststream docs gen worker.interfaces.kafka.asyncapi:app --out docs/asyncapi.json
 
 status: install
 	$(CW) stack status

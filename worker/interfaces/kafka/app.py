@@ -21,8 +21,10 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
+from faststream.specification import AsyncAPI
 
 from contracts import CaptureArtifactCommand, CaptureResult
+from worker import __version__
 from worker.application.handlers.capture_handler import Limits
 from worker.application.ports import CaptureStore
 from worker.application.retry import Backoff
@@ -81,10 +83,10 @@ async def _safe_parser(
     return message
 
 
-async def _no_decode(message: StreamMessage[Any], original: Any) -> None:
+async def _no_decode(message: StreamMessage[Any], original: Any) -> list[Any]:
     # Bytes are decoded and validated by the application handler, which knows
-    # how to classify what does not decode.
-    return None
+    # how to classify what does not decode; FastStream gets an empty body.
+    return []
 
 
 async def _retry(what: str, attempt_fn: Callable[[], Awaitable[Any]], backoff: Backoff) -> Any:
@@ -191,7 +193,11 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         title="capture-commands",
         description="CaptureArtifactCommand v1, keyed by user_id.",
     )
-    async def on_commands(message: KafkaMessage) -> None:
+    async def on_commands(
+        body: list[CaptureArtifactCommand], message: KafkaMessage
+    ) -> None:
+        # `body` is for the AsyncAPI schema only (the decoder hands over an empty
+        # list); the handler reads the raw records itself.
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
         if not records or worker.processor is None:
             return
@@ -227,9 +233,17 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         title="capture-dlq",
         description="Original key, value and headers of a refused command, plus capture.* headers.",
     )
-    _ = CaptureArtifactCommand  # the subscriber's payload schema, see docs/asyncapi.yaml
 
-    app = FastStream(broker, lifespan=lifespan, logger=None)
+    app = FastStream(
+        broker,
+        lifespan=lifespan,
+        logger=None,
+        specification=AsyncAPI(
+            title="capture-worker",
+            version=__version__,
+            description="Kafka commands in, one atomic PostgreSQL call each, result events out.",
+        ),
+    )
 
     @app.after_startup
     async def _consuming() -> None:
