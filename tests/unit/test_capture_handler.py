@@ -147,3 +147,25 @@ async def test_redelivered_rejection_is_the_stored_one() -> None:
 
 def test_result_bytes_are_canonical() -> None:
     assert result_bytes({"b": 1, "a": [1, 2]}) == b'{"a":[1,2],"b":1}'
+
+
+async def test_a_batch_refused_as_a_whole_is_retried_one_by_one() -> None:
+    class WholeCallRefused(FakeStore):
+        async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
+            if any("\\u0000" in t for t in commands_json):
+                self.calls.append(list(commands_json))
+                raise PermanentError(ErrorKind.CONSTRAINT, "unsupported Unicode escape", sqlstate="22P05")
+            return await super().ingest_batch(commands_json)
+
+    store = WholeCallRefused()
+    values = [
+        json.dumps(command()).encode(),
+        json.dumps(command(title="nul \u0000")).encode(),
+        json.dumps(command()).encode(),
+    ]
+    limits = Limits(embedding_dim=DIM, max_message_bytes=2048, db_batch_size=10)
+    outcomes = await handle_capture_batch(
+        [envelope(v, offset=i) for i, v in enumerate(values)], store=store, limits=limits
+    )
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert outcomes[1].error is not None and outcomes[1].error.sqlstate == "22P05"

@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     retry_initial_s: float = Field(0.2, gt=0, validation_alias=_env("CAPTURE_RETRY_INITIAL_S"))
     retry_max_s: float = Field(10.0, gt=0, validation_alias=_env("CAPTURE_RETRY_MAX_S"))
     retry_max_attempts: int = Field(
-        0, ge=0, validation_alias=_env("CAPTURE_RETRY_MAX_ATTEMPTS"),
+        0,
+        ge=0,
+        validation_alias=_env("CAPTURE_RETRY_MAX_ATTEMPTS"),
         description="0 retries transient failures forever",
     )
     http_host: str = Field("127.0.0.1", validation_alias=_env("CAPTURE_HTTP_HOST"))

@@ -40,7 +40,9 @@ class SystemConfigCache:
             values = await self._loader()
         except Exception as exc:  # fail-soft is the point: any failure keeps the old values
             if not self._failing:
-                log.warning("system_config refresh failed; serving last good values", error=str(exc))
+                log.warning(
+                    "system_config refresh failed; serving last good values", error=str(exc)
+                )
             self._failing = True
         else:
             self._values = dict(values)

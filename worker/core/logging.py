@@ -19,9 +19,7 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-def configure_logging(
-    fmt: Literal["auto", "json", "pretty"] = "auto", level: str = "INFO"
-) -> None:
+def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: str = "INFO") -> None:
     pretty = fmt == "pretty" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -30,9 +28,7 @@ def configure_logging(
         _drop_secrets,
     ]
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if pretty
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
     )
     if not pretty:
         shared.append(structlog.processors.format_exc_info)
@@ -48,9 +44,7 @@ def configure_logging(
     # Library loggers (aiokafka, faststream) go through the same renderer.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=renderer, foreign_pre_chain=shared
-        )
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

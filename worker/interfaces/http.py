@@ -93,7 +93,9 @@ def make_handler(
                 status = "200 OK" if health.ready else "503 Service Unavailable"
                 await _respond(writer, status, body, "application/json")
             elif path == "/metrics":
-                await _respond(writer, "200 OK", generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
+                await _respond(
+                    writer, "200 OK", generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST
+                )
             else:
                 await _respond(writer, "404 Not Found", b"not found\n", "text/plain")
         except (TimeoutError, ConnectionError, UnicodeDecodeError):

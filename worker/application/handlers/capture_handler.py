@@ -141,7 +141,7 @@ async def handle_capture_batch(
     for start in range(0, len(accepted), size):
         chunk = accepted[start : start + size]
         texts = [(envelopes[i].value or b"").decode() for i, _ in chunk]
-        replies = await store.ingest_batch(texts)
+        replies = await _ingest_isolated(store, texts)
         for (index, command), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
@@ -152,6 +152,23 @@ async def handle_capture_batch(
 
     done = [o for o in outcomes if o is not None]
     return await _store_rejections(done, store)
+
+
+async def _ingest_isolated(
+    store: CaptureStore, texts: list[str]
+) -> list[ResultObject | PermanentError]:
+    try:
+        return await store.ingest_batch(texts)
+    except PermanentError as error:
+        # The call as a whole was refused (e.g. one payload PostgreSQL cannot
+        # even parse as jsonb). Nothing was committed: redo one by one so only
+        # the culprit is refused.
+        if len(texts) == 1:
+            return [error]
+        replies: list[ResultObject | PermanentError] = []
+        for text in texts:
+            replies.extend(await _ingest_isolated(store, [text]))
+        return replies
 
 
 async def _store_rejections(outcomes: list[Outcome], store: CaptureStore) -> list[Outcome]:

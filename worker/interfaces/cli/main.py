@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.interfaces.cli import db, run, stack
+from worker.interfaces.cli import db, publish, replay, run, stack, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -16,6 +16,9 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 db.register(app)
 run.register(app)
+publish.register(app)
+tail.register(app)
+replay.register(app)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[],
     from worker.infrastructure.db import create_pool
     from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
 
-    pool = await create_pool(settings.database_url.get_secret_value(), max_size=settings.db_pool_size)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), max_size=settings.db_pool_size
+    )
     return ArtifactRepository(pool), pool.close
 
 
@@ -97,7 +99,12 @@ async def _retry(what: str, attempt_fn: Callable[[], Awaitable[Any]], backoff: B
         except Exception as exc:  # startup waits for dependencies rather than crash-looping
             attempt += 1
             delay = backoff.delay(attempt)
-            log.warning("waiting for dependency", dependency=what, error=repr(exc), retry_in_s=round(delay, 2))
+            log.warning(
+                "waiting for dependency",
+                dependency=what,
+                error=repr(exc),
+                retry_in_s=round(delay, 2),
+            )
             await asyncio.sleep(delay)
 
 
@@ -193,9 +200,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         title="capture-commands",
         description="CaptureArtifactCommand v1, keyed by user_id.",
     )
-    async def on_commands(
-        body: list[CaptureArtifactCommand], message: KafkaMessage
-    ) -> None:
+    async def on_commands(body: list[CaptureArtifactCommand], message: KafkaMessage) -> None:
         # `body` is for the AsyncAPI schema only (the decoder hands over an empty
         # list); the handler reads the raw records itself.
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message

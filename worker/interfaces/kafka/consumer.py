@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -23,9 +23,12 @@ from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.core.logging import get_logger
 from worker.domain.errors import TransientError
-from worker.interfaces.kafka.publisher import OutcomePublisher
 
 log = get_logger(__name__)
+
+
+class Publisher(Protocol):
+    async def publish(self, outcomes: Sequence[Outcome]) -> None: ...
 
 
 class RetriesExhausted(Exception):
@@ -35,7 +38,7 @@ class RetriesExhausted(Exception):
 @dataclass
 class BatchProcessor:
     store: CaptureStore
-    publisher: OutcomePublisher
+    publisher: Publisher
     limits: Callable[[], Awaitable[Limits]]
     backoff: Backoff
     on_transient: Callable[[str], None] = lambda _: None
@@ -79,9 +82,7 @@ class BatchProcessor:
                 return outcomes
 
 
-async def _per_partition(
-    groups: Any, store: CaptureStore, limits: Limits
-) -> list[Outcome]:
+async def _per_partition(groups: Any, store: CaptureStore, limits: Limits) -> list[Outcome]:
     """Partitions concurrently, each in order; the first failure cancels the rest."""
     try:
         async with asyncio.TaskGroup() as tg:

@@ -18,7 +18,9 @@ def broker_security(settings: Settings) -> BaseSecurity | None:
     if protocol == "SSL":
         return BaseSecurity(ssl_context=context, use_ssl=True)
     username = settings.kafka_sasl_username or ""
-    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    password = (
+        settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    )
     mechanism = settings.kafka_sasl_mechanism or "PLAIN"
     if mechanism == "SCRAM-SHA-256":
         return SASLScram256(username, password, ssl_context=context, use_ssl=use_ssl)
