@@ -1,0 +1,17 @@
+# The worker image used by docker-compose.yml: `capture-worker migrate && capture-worker run`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CAPTURE_SQL_DIR=/app/sql
+
+WORKDIR /app
+COPY . /app
+RUN pip install . \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin capture
+
+USER capture
+EXPOSE 8080
+CMD ["sh", "-c", "capture-worker migrate && capture-worker run"]
