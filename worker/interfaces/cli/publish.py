@@ -10,6 +10,7 @@ in order on one partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -206,6 +207,8 @@ async def send_records(
     options["max_batch_size"] = min(PUBLISH_BATCH_BYTES, options["max_request_size"])
     producer = AIOKafkaProducer(**options)
     await producer.start()
+    # Empty partitions show as 0: a skewed spread of keys is visible in the summary.
+    report.partitions = dict.fromkeys(await producer.partitions_for(topic), 0)
     started = time.perf_counter()
 
     def delivered(future: asyncio.Future[Any]) -> None:
@@ -383,7 +386,10 @@ def publish_command(
         source = enumerate((line.encode() for line in generated), start=1)
     else:
         source = _read_file(str(file))
-    checked = check_lines(source, settings=settings)
+    show_progress = fmt is OutputFormat.PRETTY and err_console.is_terminal
+    # Validating 20,000 commands takes seconds: say so on a terminal.
+    with err_console.status("validating ...") if show_progress else contextlib.nullcontext():
+        checked = check_lines(source, settings=settings)
     for error in checked.errors:
         err_console.print(str(error), markup=False, highlight=False, soft_wrap=True)
     if checked.errors and not skip_invalid:
@@ -397,7 +403,6 @@ def publish_command(
         return
 
     target = topic or settings.commands_topic
-    show_progress = fmt is OutputFormat.PRETTY and err_console.is_terminal
     try:
         with _progress(show_progress) as progress:
             task = progress.add_task("publish", total=len(checked.records), rate=0.0)

@@ -355,10 +355,15 @@ def tail_command(
             timestamp_ms = to_millis(parse_timestamp(from_timestamp))
         except ValueError as exc:
             fail(str(exc), 2)
+    start = Start(beginning=from_beginning, timestamp_ms=timestamp_ms, last=last, follow=follow)
+    source = topic or settings.results_topic
+    if fmt is OutputFormat.PRETTY and err_console.is_terminal:
+        until = "following (Ctrl-C stops)" if follow else "up to the current end"
+        err_console.print(f"[dim]{source}: {start.describe()}, {until}[/]", highlight=False)
     tail = Tail(
         settings,
-        topic or settings.results_topic,
-        start=Start(beginning=from_beginning, timestamp_ms=timestamp_ms, last=last, follow=follow),
+        source,
+        start=start,
         filters=Filters(user=user, status=status),
         emit=_emitter(fmt),
         max_messages=max_messages,
