@@ -234,6 +234,9 @@ def test_poison_covers_every_error_kind_and_each_fails_as_labelled() -> None:
 def test_poison_is_deterministic_and_uses_fresh_command_ids() -> None:
     valid = next(generate_commands(1, users=1, seed=5, dim=16))
     assert poison_payloads(valid) == poison_payloads(valid)
+    assert poison_payloads(dim=16) == poison_payloads(dim=16)
+    conflict = dict(poison_payloads(dim=16))[ErrorKind.CONFLICT]
+    assert len(json.loads(conflict)["embedding"]) == 16
     ids = []
     for kind, value in poison_payloads(valid):
         if kind in (ErrorKind.INVALID, ErrorKind.UNSUPPORTED_VERSION, ErrorKind.CONSTRAINT):

@@ -14,17 +14,24 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from contracts import ErrorKind
+from contracts import DEFAULT_EMBEDDING_DIM, ErrorKind
+from worker.interfaces.cli.generate import generate_commands
 
 
 def poison_payloads(
-    valid_command: Mapping[str, Any],
+    valid_command: Mapping[str, Any] | None = None,
     *,
+    dim: int = DEFAULT_EMBEDDING_DIM,
     max_message_bytes: int = 1024 * 1024,
     seed: int = 7,
 ) -> list[tuple[ErrorKind, bytes]]:
-    """(expected error kind, record value) pairs; several per kind, fresh command ids."""
+    """(expected error kind, record value) pairs; several per kind, fresh command ids.
+
+    Without `valid_command`, one is generated (of `dim` dimensions) from `seed`.
+    """
     rnd = random.Random(seed)
+    if valid_command is None:
+        valid_command = next(generate_commands(1, users=1, seed=seed, dim=dim))
 
     def variant(**changes: Any) -> dict[str, Any]:
         command = {
