@@ -1,0 +1,69 @@
+"""asyncpg connection pool with the codecs every connection needs.
+
+jsonb travels as text: a `str` argument is taken as already-serialised JSON and sent as is
+(the worker passes the command's raw bytes decoded, no re-encoding), anything else is
+`json.dumps`-ed; jsonb results come back as Python objects. The pgvector codec is registered
+for whichever schema holds the `vector` type (public, or extensions on Supabase).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from worker.infrastructure.db_errors import translate_db_errors
+
+_VECTOR_SCHEMA = """
+SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector'
+"""
+
+
+def _encode_json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Register the jsonb codec and, when pgvector is installed, the vector codec."""
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_json, decoder=json.loads, format="text"
+    )
+    schema = await conn.fetchval(_VECTOR_SCHEMA)
+    if schema is not None:  # not migrated yet: nothing returns vectors then anyway
+        await register_vector(conn, schema=schema)
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float | None = 60.0,
+    max_inactive_connection_lifetime: float = 300.0,
+    application_name: str = "capture-worker",
+) -> asyncpg.Pool:
+    """Open a pool; connection failures surface as TransientError."""
+    with translate_db_errors("connect"):
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            max_inactive_connection_lifetime=max_inactive_connection_lifetime,
+            init=init_connection,
+            server_settings={"application_name": application_name},
+        )
+    assert pool is not None  # asyncpg's stubs allow None only for the un-awaited form
+    return pool
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same server and credentials, another database (URL-form DSNs, as asyncpg takes)."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("expected a postgresql:// URL")
+    return urlunsplit(parts._replace(path="/" + quote(database, safe="")))

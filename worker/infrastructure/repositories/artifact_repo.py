@@ -1,0 +1,118 @@
+"""Command-shaped access to the capture functions: one method per SQL function, no generic save.
+
+Every method is one statement in its own implicit transaction, and every driver error comes
+out as PermanentError (the command is refused) or TransientError (retry), see db_errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from contracts.results import ErrorKind
+from worker.domain.errors import PermanentError
+from worker.infrastructure.db_errors import CONFLICT_SQLSTATE, translate_db_errors
+
+_ERROR_KINDS = {"constraint": ErrorKind.CONSTRAINT, "conflict": ErrorKind.CONFLICT}
+
+
+class ArtifactRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def ingest_with_signal(self, command_json: str) -> dict[str, Any]:
+        """Ingest one command given as its raw JSON text; returns the CaptureResult object."""
+        with translate_db_errors("ingest_with_signal"):
+            result: dict[str, Any] = await self._pool.fetchval(
+                "SELECT capture.ingest_with_signal($1::jsonb)", command_json
+            )
+        return result
+
+    async def ingest_batch(
+        self, commands_json: Sequence[str]
+    ) -> list[dict[str, Any] | PermanentError]:
+        """Ingest several commands in one call and one transaction, results in the same order.
+
+        A command the database refused comes back as a PermanentError in its slot (the others
+        committed); an error that concerns the whole call (connection, deadlock, ...) raises
+        TransientError and nothing was committed.
+        """
+        if not commands_json:
+            return []
+        # The elements are JSON texts already: join them rather than parse and re-encode.
+        payload = "[" + ",".join(commands_json) + "]"
+        with translate_db_errors("ingest_batch"):
+            elements: list[dict[str, Any]] = await self._pool.fetchval(
+                "SELECT capture.ingest_batch($1::jsonb)", payload
+            )
+        return [_element(e) for e in elements]
+
+    async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store rejected results by event_id (first one wins); return the stored versions."""
+        if not results:
+            return []
+        with translate_db_errors("record_rejections"):
+            stored: list[dict[str, Any]] = await self._pool.fetchval(
+                "SELECT capture.record_rejections($1::jsonb)", list(results)
+            )
+        return stored
+
+    async def state_digest(self) -> str:
+        with translate_db_errors("capture_state_digest"):
+            digest: str = await self._pool.fetchval("SELECT capture.capture_state_digest()")
+        return digest
+
+    async def artifact_state(self, user_id: UUID | str, url: str) -> dict[str, Any] | None:
+        """The artifact the user captured at `url` (any spelling of it), or None."""
+        with translate_db_errors("capture_artifact_state"):
+            state: dict[str, Any] | None = await self._pool.fetchval(
+                "SELECT capture.capture_artifact_state($1::uuid, $2)", str(user_id), url
+            )
+        return state
+
+    async def user_artifacts(self, user_id: UUID | str) -> list[dict[str, Any]]:
+        with translate_db_errors("user_artifacts"):
+            artifacts: list[dict[str, Any]] = await self._pool.fetchval(
+                "SELECT capture.user_artifacts($1::uuid)", str(user_id)
+            )
+        return artifacts
+
+    async def system_config(self) -> dict[str, Any]:
+        """The whole system_config table as one object (for the fail-soft config cache)."""
+        with translate_db_errors("get_config"):
+            config: dict[str, Any] = await self._pool.fetchval("SELECT capture.get_config()")
+        return config
+
+    async def reset_state(self) -> None:
+        """Admin only: empty business state and ledger (the worker's role cannot do this)."""
+        with translate_db_errors("reset_state"):
+            await self._pool.execute("SELECT capture.reset_state()")
+
+    async def drop_embedding_index(self) -> None:
+        """Admin only: drop the HNSW index before a bulk replay (recreate it afterwards)."""
+        with translate_db_errors("drop_embedding_index"):
+            await self._pool.execute("SELECT capture.drop_embedding_index()")
+
+    async def create_embedding_index(self, *, build_timeout_s: float = 3600.0) -> None:
+        """Admin only: (re)build the HNSW index; a no-op when it exists.
+
+        Building over a large table takes minutes, hence its own timeout.
+        """
+        with translate_db_errors("create_embedding_index"):
+            await self._pool.execute(
+                "SELECT capture.create_embedding_index()", timeout=build_timeout_s
+            )
+
+
+def _element(element: dict[str, Any]) -> dict[str, Any] | PermanentError:
+    error = element.get("error")
+    if not error:
+        return element
+    sqlstate = error.get("sqlstate")
+    kind = _ERROR_KINDS.get(error.get("kind", ""))
+    if kind is None:
+        kind = ErrorKind.CONFLICT if sqlstate == CONFLICT_SQLSTATE else ErrorKind.CONSTRAINT
+    return PermanentError(kind, str(error.get("message", "")), sqlstate=sqlstate)

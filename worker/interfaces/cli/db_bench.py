@@ -1,0 +1,128 @@
+"""`capture-worker bench-db`: the raw throughput of the ingest functions, Kafka left out.
+
+On a fresh temporary database (created from the given server, migrated, dropped at the end)
+the same pre-generated command stream is ingested four times, from an empty state each time:
+sequential `ingest_with_signal` calls and `ingest_batch` calls, each with and without the HNSW
+index. This is the ceiling the worker's own throughput is measured against. Every run must
+end in the same state digest; the report says whether it did.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from rich.table import Table
+
+from worker.infrastructure.db import create_pool, dsn_with_database
+from worker.infrastructure.db_errors import translate_db_errors
+from worker.infrastructure.migrations import apply_migrations
+from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.interfaces.cli.generate import generate_lines
+from worker.interfaces.cli.output import console
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _timed_run(
+    repo: ArtifactRepository, lines: list[str], *, batch_size: int | None
+) -> tuple[int, float]:
+    """Ingest every line; returns (calls made, seconds)."""
+    calls = 0
+    started = time.perf_counter()
+    if batch_size is None:
+        for line in lines:
+            await repo.ingest_with_signal(line)
+            calls += 1
+    else:
+        for start in range(0, len(lines), batch_size):
+            await repo.ingest_batch(lines[start : start + batch_size])
+            calls += 1
+    return calls, time.perf_counter() - started
+
+
+async def run_bench(
+    admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
+) -> dict[str, Any]:
+    lines = list(generate_lines(count, users=users, seed=seed, dim=dim))
+    name = f"cw_bench_{uuid.uuid4().hex[:12]}"
+    with translate_db_errors("bench-db"):
+        await _admin(admin_dsn, f'CREATE DATABASE "{name}"')
+        try:
+            url = dsn_with_database(admin_dsn, name)
+            await apply_migrations(url, embedding_dim=dim)
+            pool = await create_pool(url, min_size=1, max_size=1)
+            try:
+                repo = ArtifactRepository(pool)
+                server = await pool.fetchval("SHOW server_version")
+                pgvector = await pool.fetchval(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                )
+                sync_commit = await pool.fetchval("SHOW synchronous_commit")
+                runs: list[dict[str, Any]] = []
+                digests: set[str] = set()
+                for hnsw in (False, True):
+                    for mode, size in (("sequential", None), (f"batch-{batch_size}", batch_size)):
+                        await repo.reset_state()
+                        if hnsw:
+                            await repo.create_embedding_index()
+                        else:
+                            await repo.drop_embedding_index()
+                        calls, seconds = await _timed_run(repo, lines, batch_size=size)
+                        digests.add(await repo.state_digest())
+                        runs.append(
+                            {
+                                "mode": mode,
+                                "hnsw_index": hnsw,
+                                "commands": len(lines),
+                                "calls": calls,
+                                "seconds": round(seconds, 3),
+                                "commands_per_s": round(len(lines) / seconds, 1),
+                                "calls_per_s": round(calls / seconds, 1),
+                            }
+                        )
+            finally:
+                await pool.close()
+        finally:
+            await _admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return {
+        "server_version": server,
+        "pgvector": pgvector,
+        "synchronous_commit": sync_commit,
+        "embedding_dim": dim,
+        "users": users,
+        "seed": seed,
+        "runs": runs,
+        "same_digest_every_run": len(digests) == 1,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(
+        title=f"ingest throughput: PostgreSQL {report['server_version']}, pgvector "
+        f"{report['pgvector']}, dim {report['embedding_dim']}, "
+        f"synchronous_commit={report['synchronous_commit']}"
+    )
+    for column in ("mode", "HNSW index", "commands", "calls", "seconds", "commands/s", "calls/s"):
+        table.add_column(column, justify="left" if column in ("mode", "HNSW index") else "right")
+    for run in report["runs"]:
+        table.add_row(
+            run["mode"],
+            "yes" if run["hnsw_index"] else "no",
+            str(run["commands"]),
+            str(run["calls"]),
+            f"{run['seconds']:.2f}",
+            f"{run['commands_per_s']:.0f}",
+            f"{run['calls_per_s']:.0f}",
+        )
+    console.print(table)
+    if not report["same_digest_every_run"]:
+        console.print("[bold red]the runs ended in different states (digests differ)[/]")
