@@ -19,8 +19,7 @@ up: install
 	$(CW) stack up
 
 demo: up
-	$(CW) migrate
-	$(BIN)/python -m worker.interfaces.cli.demo
+	$(CW) demo
 
 test: up
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)

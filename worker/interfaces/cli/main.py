@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.interfaces.cli import db, publish, replay, run, stack, tail
+from worker.interfaces.cli import db, demo, publish, replay, run, stack, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -19,6 +19,7 @@ run.register(app)
 publish.register(app)
 tail.register(app)
 replay.register(app)
+demo.register(app)
 
 
 if __name__ == "__main__":
