@@ -24,6 +24,8 @@ async def produce(
     bootstrap: str,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+    *,
+    timestamp_ms: int | None = None,
 ) -> int:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -38,7 +40,11 @@ async def produce(
         for item in records:
             key, value = item[0], item[1]
             headers = item[2] if len(item) > 2 else None  # type: ignore[misc]
-            futures.append(await producer.send(topic, value=value, key=key, headers=headers))
+            futures.append(
+                await producer.send(
+                    topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+                )
+            )
         await asyncio.gather(*futures)
         return len(futures)
     finally:
@@ -49,6 +55,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> li
     """Every record currently in the topic (up to the end offsets taken now)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 * 1024 * 1024,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     await consumer.start()
@@ -61,8 +68,11 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> li
         if not tps:
             return []
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
+        # Explicit seeks: seek_to_beginning() right after assign() can lose a race
+        # with the consumer's own offset reset and silently start at the end.
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
         out: list[Record] = []
         remaining = {tp for tp in tps if end[tp] > 0}
         loop = asyncio.get_running_loop()

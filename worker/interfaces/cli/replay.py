@@ -23,6 +23,7 @@ from worker.application.handlers.capture_handler import Limits, Outcome
 from worker.application.retry import Backoff
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
+from worker.domain.errors import CaptureError
 from worker.infrastructure.kafka_client import connection_options, producer_options
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, err_console, fail
 from worker.interfaces.cli.tail import topic_partitions
@@ -128,14 +129,14 @@ async def replay(
             await repo.reset_state()
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
-        if since is None:
-            await consumer.seek_to_beginning(*tps)
-            start = await consumer.beginning_offsets(tps)
-        else:
+        start = await consumer.beginning_offsets(tps)
+        if since is not None:
             found = await consumer.offsets_for_times({tp: to_millis(since) for tp in tps})
             start = {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
-            for tp in tps:
-                consumer.seek(tp, start[tp])
+        # Explicit seeks: seek_to_beginning() right after assign() can lose a race
+        # with the consumer's own offset reset.
+        for tp in tps:
+            consumer.seek(tp, start[tp])
         remaining = {tp for tp in tps if start[tp] < end[tp]}
         total = sum(max(0, end[tp] - start[tp]) for tp in tps)
 
@@ -296,6 +297,9 @@ def register(app: typer.Typer) -> None:
             )
         except ReplayError as exc:
             fail(str(exc), 2)
+            return
+        except CaptureError as exc:
+            fail(f"replay stopped: {exc}", 1)
             return
         if verify is not None:
             summary.verified = summary.digest == verify
