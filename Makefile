@@ -21,7 +21,7 @@ up: install
 demo: up
 	$(CW) demo
 
-test: up
+test: up lint
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 reliability: up

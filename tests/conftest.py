@@ -1,3 +1,3 @@
-"""Shared fixtures: real services (tests/fixtures/services.py) and databases (tests/fixtures/database.py)."""
+"""Shared fixtures: real services (fixtures/services.py) and databases (fixtures/database.py)."""
 
 pytest_plugins = ["tests.fixtures.services", "tests.fixtures.database"]

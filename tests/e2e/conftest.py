@@ -6,10 +6,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from tests.fixtures.services import in_ci
 from tests.support.worker_process import WorkerProcess
+from worker.infrastructure import stack
 
 
 @dataclass
@@ -62,11 +65,6 @@ async def worker_setup(
 @pytest.fixture
 async def native_stack(kafka_bootstrap: str, pg_admin_url: str) -> None:
     """Fault tests stop and start services: only possible on the stack this machine runs."""
-    from urllib.parse import urlsplit
-
-    from tests.fixtures.services import in_ci
-    from worker.infrastructure import stack
-
     cfg = stack.resolve_config()
     pg = urlsplit(pg_admin_url)
     ours = kafka_bootstrap == cfg.kafka.bootstrap and pg.port == cfg.postgres.port

@@ -19,7 +19,11 @@ from tests.support.streams import make_stream, reference_digest
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.interfaces.cli.main", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
     )
 
 
@@ -45,8 +49,18 @@ async def test_reset_replay_of_a_live_run_rebuilds_the_same_digest(
     # Dirty the target first: --reset must empty it.
     await reference_digest(target, make_stream(50, users=2, seed=99).valid)
     replay = cli(
-        worker_setup.env, "replay", "--from-beginning", "--reset", "--yes", "--rebuild-index",
-        "--database-url", target, "--verify", str(live_digest), "--format", "json",
+        worker_setup.env,
+        "replay",
+        "--from-beginning",
+        "--reset",
+        "--yes",
+        "--rebuild-index",
+        "--database-url",
+        target,
+        "--verify",
+        str(live_digest),
+        "--format",
+        "json",
     )
     assert replay.returncode == 0, replay.stderr + replay.stdout
     summary = last_json(replay.stdout)
@@ -57,8 +71,15 @@ async def test_reset_replay_of_a_live_run_rebuilds_the_same_digest(
     assert len(await read_all(kafka_bootstrap, worker_setup.results)) == expected_results
 
     wrong = cli(
-        worker_setup.env, "replay", "--from-beginning", "--database-url", target,
-        "--verify", "0" * 64, "--format", "json",
+        worker_setup.env,
+        "replay",
+        "--from-beginning",
+        "--database-url",
+        target,
+        "--verify",
+        "0" * 64,
+        "--format",
+        "json",
     )
     assert wrong.returncode == 1
     assert "digest mismatch" in wrong.stderr
@@ -66,9 +87,13 @@ async def test_reset_replay_of_a_live_run_rebuilds_the_same_digest(
     # The rebuilt index is back (replay dropped it for the load).
     conn = await asyncpg.connect(target)
     try:
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'capture' AND indexdef ILIKE '%hnsw%'"
-        ) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_indexes"
+                " WHERE schemaname = 'capture' AND indexdef ILIKE '%hnsw%'"
+            )
+            == 1
+        )
     finally:
         await conn.close()
 
@@ -82,14 +107,26 @@ async def test_from_timestamp_replays_only_the_later_part_and_can_emit_results(
     early = make_stream(300, users=4, seed=51)
     late = make_stream(200, users=4, seed=52)
     now_ms = int(time.time() * 1000)
-    await produce(kafka_bootstrap, worker_setup.commands, early.records(), timestamp_ms=now_ms - 3_600_000)
-    await produce(kafka_bootstrap, worker_setup.commands, late.records(), timestamp_ms=now_ms - 60_000)
+    await produce(
+        kafka_bootstrap, worker_setup.commands, early.records(), timestamp_ms=now_ms - 3_600_000
+    )
+    await produce(
+        kafka_bootstrap, worker_setup.commands, late.records(), timestamp_ms=now_ms - 60_000
+    )
     emitted = await make_topic(3, suffix="replayed")
 
     target = await fresh_database()
     replay = cli(
-        worker_setup.env, "replay", "--from-timestamp", "-30m", "--database-url", target,
-        "--emit-results", emitted, "--format", "json",
+        worker_setup.env,
+        "replay",
+        "--from-timestamp",
+        "-30m",
+        "--database-url",
+        target,
+        "--emit-results",
+        emitted,
+        "--format",
+        "json",
     )
     assert replay.returncode == 0, replay.stderr
     summary = last_json(replay.stdout)
@@ -120,7 +157,12 @@ async def test_migrate_show_and_digest_commands(
         shown = cli(env, "show", "--user", command["user_id"], "--url", upper, "--format", "json")
         assert shown.returncode == 0, shown.stderr
         state = last_json(shown.stdout)
-        assert state["signal_count"] >= 1 and state["engagement_level"] in {"captured", "skimmed", "read", "deep"}
+        assert state["signal_count"] >= 1 and state["engagement_level"] in {
+            "captured",
+            "skimmed",
+            "read",
+            "deep",
+        }
         listing = cli(env, "show", "--user", command["user_id"], "--format", "json")
         assert listing.returncode == 0
         digest = cli(env, "digest")

@@ -56,7 +56,9 @@ async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
 
     readable = stream.readable_poison()
     expected_results = len(stream.valid) + len(readable)
-    results = await wait_for_count(kafka_bootstrap, worker_setup.results, expected_results, timeout_s=120)
+    results = await wait_for_count(
+        kafka_bootstrap, worker_setup.results, expected_results, timeout_s=120
+    )
     dlq = await wait_for_count(kafka_bootstrap, worker_setup.dlq, len(stream.poison), timeout_s=30)
     await asyncio.sleep(1.0)  # anything extra would show up now
     results = await read_all(kafka_bootstrap, worker_setup.results)
@@ -65,13 +67,17 @@ async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     # Exactly one result per delivered command with readable ids; repeats are identical.
     assert len(results) == expected_results
     grouped = by_command(results)
-    ingested = {cid for cid, values in grouped.items() if json.loads(values[0])["status"] == "ingested"}
+    ingested = {
+        cid for cid, values in grouped.items() if json.loads(values[0])["status"] == "ingested"
+    }
     assert ingested == stream.valid_ids
     for cid in stream.valid_ids:
         accepted = {v for v in grouped[cid] if json.loads(v)["status"] == "ingested"}
         assert len(accepted) == 1, f"results of {cid} differ between deliveries"
     # Re-captures happened, and were reported as such by the database.
-    assert any(not json.loads(v[0])["artifact_created"] for cid, v in grouped.items() if cid in ingested)
+    assert any(
+        not json.loads(v[0])["artifact_created"] for cid, v in grouped.items() if cid in ingested
+    )
 
     # Every poison message: exactly one DLQ record, untouched bytes and headers, the right kind.
     assert len(dlq) == len(stream.poison)
@@ -98,7 +104,9 @@ async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
 
     # The database holds exactly what the valid commands alone produce.
     reference = await fresh_database()
-    assert await digest_of(worker_setup.database_url) == await reference_digest(reference, stream.valid)
+    assert await digest_of(worker_setup.database_url) == await reference_digest(
+        reference, stream.valid
+    )
     assert await signal_count(worker_setup.database_url) == len(stream.valid_ids)
     # No partition stalled.
     assert worker.metric("capture_consumer_lag") == 0
@@ -124,7 +132,9 @@ async def test_sigterm_mid_stream_then_restart_loses_and_doubles_nothing(
     second.wait_ready()
     await wait_for_count(kafka_bootstrap, worker_setup.results, len(stream.valid), timeout_s=120)
     reference = await fresh_database()
-    assert await digest_of(worker_setup.database_url) == await reference_digest(reference, stream.valid)
+    assert await digest_of(worker_setup.database_url) == await reference_digest(
+        reference, stream.valid
+    )
     assert await signal_count(worker_setup.database_url) == len(stream.valid_ids)
     # A redelivered batch (if any) repeats identical results, never different ones.
     grouped = by_command(await read_all(kafka_bootstrap, worker_setup.results))
@@ -136,7 +146,9 @@ async def test_sigterm_mid_stream_then_restart_loses_and_doubles_nothing(
 def stack(*args: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "worker.interfaces.cli.main", "stack", *args],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -165,7 +177,9 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
                 not_ready_seen = True
             await asyncio.sleep(0.5)
         assert not_ready_seen, "/readyz never reported the outage"
-        assert worker.proc is not None and worker.proc.poll() is None, "worker died during the outage"
+        assert worker.proc is not None and worker.proc.poll() is None, (
+            "worker died during the outage"
+        )
     finally:
         stack("start", "postgres")
 
@@ -174,5 +188,7 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
     assert await read_all(kafka_bootstrap, worker_setup.dlq) == []
     assert worker.metric("capture_retries_total") > 0
     reference = await fresh_database()
-    assert await digest_of(worker_setup.database_url) == await reference_digest(reference, stream.valid)
+    assert await digest_of(worker_setup.database_url) == await reference_digest(
+        reference, stream.valid
+    )
     assert worker.terminate() == 0

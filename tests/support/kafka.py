@@ -23,7 +23,10 @@ class Record:
 async def produce(
     bootstrap: str,
     topic: str,
-    records: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+    records: Iterable[
+        tuple[bytes | None, bytes | None]
+        | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+    ],
     *,
     timestamp_ms: int | None = None,
 ) -> int:
@@ -54,7 +57,9 @@ async def produce(
 async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> list[Record]:
     """Every record currently in the topic (up to the end offsets taken now)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=8 * 1024 * 1024,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
@@ -62,7 +67,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> li
     try:
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
@@ -83,7 +88,15 @@ async def read_all(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> li
                 for m in msgs:
                     if m.offset < end[tp]:
                         out.append(
-                            Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers), m.timestamp)
+                            Record(
+                                m.topic,
+                                m.partition,
+                                m.offset,
+                                m.key,
+                                m.value,
+                                tuple(m.headers),
+                                m.timestamp,
+                            )
                         )
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)

@@ -33,7 +33,8 @@ class Stream:
 
     def records(self) -> list[tuple[bytes | None, bytes | None, list[Header]]]:
         out: list[tuple[bytes | None, bytes | None, list[Header]]] = [
-            (json.loads(line)["user_id"].encode(), line.encode(), self.headers) for line in self.valid
+            (json.loads(line)["user_id"].encode(), line.encode(), self.headers)
+            for line in self.valid
         ]
         # Poison after the valid commands: the conflict needs its original ingested first
         # (same key, so same partition, so ordered after it).
@@ -58,7 +59,9 @@ class Stream:
         return out
 
 
-def make_stream(n: int, *, users: int = 8, seed: int = 11, duplicates: int = 0, poison: bool = False) -> Stream:
+def make_stream(
+    n: int, *, users: int = 8, seed: int = 11, duplicates: int = 0, poison: bool = False
+) -> Stream:
     lines = list(generate_lines(n, users=users, seed=seed))
     rng = random.Random(seed)
     lines += rng.sample(lines, duplicates)

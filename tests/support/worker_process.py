@@ -30,11 +30,19 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **self.env, "CAPTURE_HTTP_PORT": str(self.http_port), "CAPTURE_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            **self.env,
+            "CAPTURE_HTTP_PORT": str(self.http_port),
+            "CAPTURE_LOG_FORMAT": "json",
+        }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         return self

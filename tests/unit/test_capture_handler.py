@@ -122,7 +122,10 @@ async def test_batch_keeps_order_chunks_and_isolates_refusals() -> None:
     # Valid commands went to the store in order, two per call (db_batch_size=2).
     assert [len(c) for c in store.calls] == [2, 2]
     assert [json.loads(t)["command_id"] for c in store.calls for t in c] == [
-        good[0]["command_id"], good[1]["command_id"], refused["command_id"], good[2]["command_id"]
+        good[0]["command_id"],
+        good[1]["command_id"],
+        refused["command_id"],
+        good[2]["command_id"],
     ]
     assert outcomes[1].error is not None and outcomes[1].error.kind is ErrorKind.UNDECODABLE
     assert outcomes[1].result is None  # no readable ids: DLQ only
@@ -154,7 +157,9 @@ async def test_a_batch_refused_as_a_whole_is_retried_one_by_one() -> None:
         async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
             if any("\\u0000" in t for t in commands_json):
                 self.calls.append(list(commands_json))
-                raise PermanentError(ErrorKind.CONSTRAINT, "unsupported Unicode escape", sqlstate="22P05")
+                raise PermanentError(
+                    ErrorKind.CONSTRAINT, "unsupported Unicode escape", sqlstate="22P05"
+                )
             return await super().ingest_batch(commands_json)
 
     store = WholeCallRefused()

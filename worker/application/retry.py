@@ -14,7 +14,7 @@ class Backoff:
     """0 means retry forever (the default: a message is never skipped)."""
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Delay before retry number `attempt` (1-based): equal jitter over the capped exponential."""
+        """Delay before retry `attempt` (1-based): equal jitter over the capped exponential."""
         capped: float = min(self.max_s, self.initial_s * float(2 ** min(attempt - 1, 30)))
         jitter: float = (rng or random).uniform(0, capped / 2)
         return capped / 2 + jitter

@@ -9,6 +9,7 @@ summary from the database, then stops the worker the way an orchestrator would
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -18,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Annotated
 
 import asyncpg
@@ -66,15 +66,15 @@ def _ready(port: int) -> bool:
 
 
 async def _publish_poison(settings: Settings, seed_line: str) -> int:
-    import json
-
     first = json.loads(seed_line)
-    chosen = poison_payloads(first)[:: 3]  # a handful of kinds, not all of them
+    chosen = poison_payloads(first)[::3]  # a handful of kinds, not all of them
     producer = AIOKafkaProducer(**producer_options(settings))
     await producer.start()
     try:
         for _, value in chosen:
-            await producer.send_and_wait(settings.commands_topic, value=value, key=first["user_id"].encode())
+            await producer.send_and_wait(
+                settings.commands_topic, value=value, key=first["user_id"].encode()
+            )
     finally:
         await producer.stop()
     return len(chosen)
@@ -112,7 +112,9 @@ def register(app: typer.Typer) -> None:
     def demo(
         messages: Annotated[int, typer.Option(help="Generated commands to publish.")] = 2000,
         users: Annotated[int, typer.Option(help="Distinct users in the generated stream.")] = 20,
-        seed: Annotated[int | None, typer.Option(help="Generator seed (default: new each run).")] = None,
+        seed: Annotated[
+            int | None, typer.Option(help="Generator seed (default: new each run).")
+        ] = None,
         http_port: Annotated[
             int, typer.Option(help="Worker's health/metrics port (0: pick a free one).")
         ] = 0,
@@ -123,9 +125,13 @@ def register(app: typer.Typer) -> None:
         seed = seed if seed is not None else random.SystemRandom().randrange(1, 1_000_000)
         console.rule("[bold]capture-worker demo")
         applied = asyncio.run(
-            apply_migrations(settings.database_url.get_secret_value(), embedding_dim=settings.embedding_dim)
+            apply_migrations(
+                settings.database_url.get_secret_value(), embedding_dim=settings.embedding_dim
+            )
         )
-        console.print(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
+        console.print(
+            f"migrations: {len(applied)} applied" if applied else "migrations: up to date"
+        )
 
         log_path = state_dir() / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +152,16 @@ def register(app: typer.Typer) -> None:
             time.sleep(1.0)  # tail starts at the end: let it take its offsets first
             console.rule(f"publish {messages} generated commands (seed {seed})")
             subprocess.run(
-                [*CLI, "publish", "--generate", str(messages), "--users", str(users), "--seed", str(seed)],
+                [
+                    *CLI,
+                    "publish",
+                    "--generate",
+                    str(messages),
+                    "--users",
+                    str(users),
+                    "--seed",
+                    str(seed),
+                ],
                 check=True,
             )
             first_line = next(iter(generate_lines(1, users=users, seed=seed)))
@@ -160,7 +175,6 @@ def register(app: typer.Typer) -> None:
                 tail.wait(10)
 
             expected = messages + poison
-            started = time.monotonic()
             with Progress(
                 TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(), console=console
             ) as progress:
@@ -188,6 +202,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(key.replace("_", " "), str(value))
         table.add_row("worker exit on SIGTERM", "0 (clean)" if code == 0 else f"{code} (NOT clean)")
         console.print(table)
-        console.print("next: capture-worker tail --last 3 · capture-worker show --user <id> · capture-worker replay --help")
+        console.print(
+            "next: capture-worker tail --last 3 · capture-worker show --user <id>"
+            " · capture-worker replay --help"
+        )
         if code != 0 or done < expected:
             raise typer.Exit(1)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -24,11 +24,14 @@ from worker.application.retry import Backoff
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.domain.errors import CaptureError
+from worker.infrastructure.db import create_pool
 from worker.infrastructure.kafka_client import connection_options, producer_options
+from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, err_console, fail
 from worker.interfaces.cli.tail import topic_partitions
 from worker.interfaces.cli.timespec import parse_timestamp, to_millis
 from worker.interfaces.kafka.consumer import BatchProcessor
+from worker.interfaces.kafka.publisher import OutcomePublisher
 
 
 class ReplayError(Exception):
@@ -104,9 +107,6 @@ async def replay(
     emit_results: str | None,
     show_progress: bool,
 ) -> ReplaySummary:
-    from worker.infrastructure.db import create_pool
-    from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
-
     summary = ReplaySummary(topic=topic)
     pool = await create_pool(database_url, max_size=settings.topic_partitions + 2)
     repo = ArtifactRepository(pool)
@@ -142,10 +142,6 @@ async def replay(
 
         forward = None
         if emit_results:
-            from aiokafka import AIOKafkaProducer
-
-            from worker.interfaces.kafka.publisher import OutcomePublisher
-
             producer = AIOKafkaProducer(**producer_options(settings))
             await producer.start()
             forward = OutcomePublisher(
@@ -274,12 +270,14 @@ def register(app: typer.Typer) -> None:
         members = asyncio.run(live_group_members(settings, source))
         if members:
             err_console.print(
-                f"[bold yellow]warning:[/] consumer group {settings.consumer_group!r} has {members} live "
-                f"member(s): a live worker is writing to the database while this replay runs."
+                f"[bold yellow]warning:[/] consumer group {settings.consumer_group!r} has "
+                f"{members} live member(s): a live worker is writing to the database while "
+                "this replay runs."
             )
         if reset and not yes:
             typer.confirm(
-                "This empties every artifact, signal, subspace and ledger entry of the target database. Continue?",
+                "This empties every artifact, signal, subspace and ledger entry of the target"
+                " database. Continue?",
                 abort=True,
             )
         try:

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from worker.core.config import get_settings
+from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging, get_logger
+from worker.interfaces.http import start_http
+from worker.interfaces.kafka.app import build_worker
 
 log = get_logger(__name__)
 
@@ -18,10 +20,13 @@ def register(app: typer.Typer) -> None:
     def run(
         http_port: Annotated[
             int | None,
-            typer.Option(help="Port of /healthz, /readyz and /metrics (default CAPTURE_HTTP_PORT, 8080; 0 picks one)."),
+            typer.Option(
+                help="Port of /healthz, /readyz and /metrics"
+                " (default CAPTURE_HTTP_PORT, 8080; 0 picks one)."
+            ),
         ] = None,
     ) -> None:
-        """Consume commands, call ingest_with_signal, publish results. Stops cleanly on SIGTERM/SIGINT."""
+        """Consume commands, call ingest_with_signal, publish results; stops cleanly on SIGTERM."""
         settings = get_settings()
         if http_port is not None:
             settings = settings.model_copy(update={"http_port": http_port})
@@ -30,12 +35,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code)
 
 
-async def _run(settings: object) -> int:
-    from worker.core.config import Settings
-    from worker.interfaces.http import start_http
-    from worker.interfaces.kafka.app import build_worker
-
-    assert isinstance(settings, Settings)
+async def _run(settings: Settings) -> int:
     worker = build_worker(settings)
     server = await start_http(worker.health, settings.http_host, settings.http_port)
     try:

@@ -31,7 +31,9 @@ from worker.application.retry import Backoff
 from worker.core.config import Settings
 from worker.core.config_cache import SystemConfigCache
 from worker.core.logging import get_logger
+from worker.infrastructure.db import create_pool
 from worker.infrastructure.kafka_client import connection_options, producer_options
+from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
 from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.http import Health
 from worker.interfaces.kafka.consumer import (
@@ -51,9 +53,6 @@ StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], A
 
 async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[], Awaitable[None]]]:
     """The real store: an asyncpg pool behind ArtifactRepository, and how to close it."""
-    from worker.infrastructure.db import create_pool
-    from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
-
     pool = await create_pool(
         settings.database_url.get_secret_value(), max_size=settings.db_pool_size
     )
