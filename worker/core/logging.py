@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import structlog
 
+_debug = False
+
 _SECRET_KEYS = frozenset({"password", "sasl_password", "database_url", "dsn", "embedding"})
 
 
@@ -35,6 +37,8 @@ def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: st
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
+    global _debug  # noqa: PLW0603 - one process-wide switch, set once at start-up
+    _debug = numeric <= logging.DEBUG
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -49,6 +53,11 @@ def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: st
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING) if numeric < logging.WARNING else numeric)
+
+
+def debug_enabled() -> bool:
+    """Whether DEBUG lines are emitted: guards per-message logging on the hot path."""
+    return _debug
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -13,7 +13,10 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from contracts import headers as dlq_headers
 from worker.application.handlers.capture_handler import Outcome, result_bytes
 from worker.core import metrics
+from worker.core.logging import debug_enabled, get_logger
 from worker.domain.errors import TransientError
+
+log = get_logger(__name__)
 
 
 def dlq_record_headers(outcome: Outcome) -> list[tuple[str, bytes]]:
@@ -61,6 +64,18 @@ class OutcomePublisher:
                 metrics.MESSAGES.labels(status="rejected").inc()
             else:
                 metrics.MESSAGES.labels(status="ingested").inc()
+                # Per-message success lines only at DEBUG: at thousands per second
+                # they would cost more than the work they describe.
+                if debug_enabled():
+                    env = outcome.envelope
+                    log.debug(
+                        "command ingested",
+                        command_id=str(outcome.command_id),
+                        user_id=str(outcome.user_id),
+                        topic=env.topic,
+                        partition=env.partition,
+                        offset=env.offset,
+                    )
 
     async def _send_dlq(self, outcome: Outcome) -> asyncio.Future[Any]:
         env = outcome.envelope
