@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.interfaces.cli import db, demo, publish, replay, run, stack, tail
+from worker.interfaces.cli import bench, db, demo, publish, replay, run, stack, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -20,6 +20,7 @@ publish.register(app)
 tail.register(app)
 replay.register(app)
 demo.register(app)
+bench.register(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""`capture-worker bench` runs end to end and reports sane numbers (a smoke test, not a timing).
+
+The numbers of a 300-command run on a shared machine say nothing about performance; the test
+only checks that every phase ran, that the report has its shape, and that the run cleaned up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
+
+
+def _positive(report: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = report[key]
+        assert isinstance(value, int | float) and value > 0, (key, value)
+
+
+@pytest.mark.timeout(90)
+async def test_bench_reports_every_measure_as_one_json_object(
+    kafka_bootstrap: str, pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": pg_admin_url,
+        "CAPTURE_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "bench",
+        "--messages", "300",
+        "--naive-messages", "100",
+        "--latency-seconds", "2",
+        "--format", "json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 80)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+
+    assert report["messages"] == 300
+    assert report["naive_messages"] == 100
+    assert report["hnsw_index"] is True
+    _positive(report, "b_sql_per_s", "b_kafka_per_s", "e2e_per_s", "naive_per_s")
+    assert set(report["ratios"]) == {"e2e/b_sql", "e2e/naive"}
+    assert all(r > 0 for r in report["ratios"].values())
+    latency = report["latency_ms"]
+    assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert latency["messages"] > 0 and latency["rate_per_s"] > 0
+    # The worker ended in the very state PostgreSQL alone produced from the same commands.
+    assert report["same_state"] is True
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["postgresql"] and machine["kafka"]
+
+    # Nothing of the run is left behind.
+    run_id = report["run_id"]
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        left = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"cw_bench_{run_id}%"
+        )
+    finally:
+        await conn.close()
+    assert left == []
+    assert not [t for t in await kafka_admin.list_topics() if run_id in t]

@@ -1,0 +1,959 @@
+"""`capture-worker bench`: the worker's throughput and latency against the database's ceiling.
+
+One run, on fresh databases (clones of a template migrated for this run) and fresh topics, all
+dropped at the end, with one pre-generated command stream of N commands:
+
+  b_sql    the commands straight into PostgreSQL through asyncpg, batched and concurrent as the
+           worker does it: split by Kafka's key -> partition hash into P streams, each calling
+           `ingest_batch` with chunks of B. The ceiling: no Kafka, no Python per message.
+  b_kafka  the worker's own consumer path (FastStream batch subscriber, BatchProcessor, decode and
+           validate, results published with acks=all, offset commits), in this process, with an
+           in-memory store that answers with the results b_sql got: Kafka + Python, no database.
+  e2e      the real worker process (`capture-worker run`) on the pre-published stream, timed from
+           its /readyz turning 200 (subscriber started) to the Kafka timestamp of the last result.
+  latency  the same worker, now idle, fed at half the e2e rate for a while; a command's latency
+           is its result record's timestamp minus its own record's timestamp (both CreateTime).
+  naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
+           and wait for acks=all, commit; on the first `--naive-messages` records, to bound time.
+
+b_kafka and e2e are timed the same way (start of consumption to the last result's timestamp),
+so their numbers compare. The e2e database must end in the state b_sql produced (same digest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+import numpy as np
+import psutil  # type: ignore[import-untyped]
+import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from worker.application.ports import ResultObject
+from worker.core.config import Settings, get_settings
+from worker.core.logging import configure_logging
+from worker.domain.errors import CaptureError, PermanentError
+from worker.infrastructure import stack
+from worker.infrastructure.db import create_pool, dsn_with_database
+from worker.infrastructure.kafka_client import connection_options, producer_options
+from worker.infrastructure.migrations import apply_migrations
+from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.topics import ensure_topics
+from worker.interfaces.cli.generate import generate_lines
+from worker.interfaces.cli.output import console, emit_json, err_console, fail
+from worker.interfaces.cli.publish import PUBLISH_BATCH_BYTES, TokenBucket
+
+STALL_TIMEOUT_S = 120.0  # no new result for this long: the phase has failed
+_IDS = re.compile(r'"command_id":"([0-9a-f-]{36})","user_id":"([0-9a-f-]{36})"')
+
+
+class BenchError(Exception):
+    """A phase could not finish; the message says which and why."""
+
+
+class BenchFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    messages: int = 20_000
+    users: int = 50
+    dim: int = 384
+    batch: int = 100
+    index: bool = True
+    seed: int = 1
+    naive_messages: int = 3000
+    latency_seconds: float = 12.0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    command_id: str
+    key: bytes
+    text: str
+
+
+def commands_of(lines: Sequence[str]) -> list[Command]:
+    """Ids and key of each generated line, without parsing the 384 numbers of each."""
+    out = []
+    for line in lines:
+        match = _IDS.match(line, 1)  # the generator writes these two fields first
+        if match is None:
+            data = json.loads(line)
+            command_id, user_id = str(data["command_id"]), str(data["user_id"])
+        else:
+            command_id, user_id = match.group(1), match.group(2)
+        out.append(Command(command_id, user_id.encode(), line))
+    return out
+
+
+def split_by_partition(commands: Sequence[Command], partitions: int) -> list[list[Command]]:
+    """The producer's key -> partition mapping (murmur2, as Kafka's default partitioner)."""
+    streams: list[list[Command]] = [[] for _ in range(partitions)]
+    for command in commands:
+        streams[(murmur2(command.key) & 0x7FFFFFFF) % partitions].append(command)
+    return streams
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    p50, p95, p99 = np.percentile(np.asarray(values, dtype=float), [50, 95, 99])
+    return {
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "p99": round(float(p99), 1),
+        "max": round(float(max(values)), 1),
+    }
+
+
+class _RecordedStore:
+    """A CaptureStore that answers from b_sql's results: the worker's path without a database."""
+
+    def __init__(self, results: Mapping[str, ResultObject | PermanentError]) -> None:
+        self._results = results
+
+    async def ingest_batch(
+        self, commands_json: Sequence[str]
+    ) -> list[ResultObject | PermanentError]:
+        return [self._results[text] for text in commands_json]
+
+    async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:
+        return list(results)
+
+    async def system_config(self) -> dict[str, Any]:
+        return {}
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class Phases:
+    """One progress line per phase on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def start(self, description: str, total: float | None = None) -> TaskID:
+        return self._progress.add_task(description, total=total)
+
+    def update(self, task: TaskID, completed: float, total: float | None = None) -> None:
+        self._progress.update(task, completed=completed, total=total)
+
+    def done(self, task: TaskID, note: str = "") -> None:
+        current = self._progress.tasks[task]
+        self._progress.update(
+            task,
+            completed=current.total or current.completed or 1,
+            total=current.total or current.completed or 1,
+            description=f"{current.description} {note}".rstrip(),
+        )
+        self._progress.stop_task(task)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not enabled,
+        refresh_per_second=4,  # the bench shares the CPU with what it measures
+    )
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+
+async def _admin_execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Resources:
+    """Databases and topics of this run; everything is dropped by `close`."""
+
+    settings: Settings
+    admin_dsn: str
+    run_id: str
+    template: str = ""
+    databases: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+
+    def url(self, database: str) -> str:
+        return dsn_with_database(self.admin_dsn, database)
+
+    async def make_template(self, *, dim: int, index: bool) -> None:
+        self.template = f"cw_bench_{self.run_id}_template"
+        await _admin_execute(self.admin_dsn, f'CREATE DATABASE "{self.template}"')
+        self.databases.append(self.template)
+        await apply_migrations(self.url(self.template), embedding_dim=dim)
+        if not index:
+            await _admin_execute(self.url(self.template), "SELECT capture.drop_embedding_index()")
+
+    async def clone(self, purpose: str) -> str:
+        """A fresh migrated database (a file copy of the template); returns its URL."""
+        name = f"cw_bench_{self.run_id}_{purpose}"
+        await _admin_execute(self.admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self.databases.append(name)
+        return self.url(name)
+
+    async def make_topics(self, *suffixes: str) -> list[str]:
+        names = [f"cw-bench-{self.run_id}.{s}" for s in suffixes]
+        admin = AIOKafkaAdminClient(**connection_options(self.settings))
+        await admin.start()
+        try:
+            await ensure_topics(
+                admin,
+                names,
+                partitions=self.settings.topic_partitions,
+                max_message_bytes=2 * self.settings.max_message_bytes + 64 * 1024,
+            )
+        finally:
+            await admin.close()
+        self.topics.extend(names)
+        return names
+
+    async def close(self) -> None:
+        for name in reversed(self.databases):
+            with contextlib.suppress(Exception):  # best effort: report, don't mask the result
+                await _admin_execute(
+                    self.admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                )
+        if self.topics:
+            admin = AIOKafkaAdminClient(**connection_options(self.settings))
+            with contextlib.suppress(Exception):
+                await admin.start()
+                try:
+                    await admin.delete_topics(self.topics)
+                finally:
+                    await admin.close()
+
+
+class TopicReader:
+    """Offsets, timestamps and records of one topic, without a consumer group."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._consumer = AIOKafkaConsumer(
+            **connection_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=2 * settings.max_message_bytes + 64 * 1024,
+        )
+        self._tps: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self._topic) or set()
+        self._tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        self._consumer.assign(self._tps)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        end: dict[TopicPartition, int] = await self._consumer.end_offsets(self._tps)
+        return end
+
+    async def count(self) -> int:
+        return sum((await self.end_offsets()).values())
+
+    async def read(self, start: Mapping[TopicPartition, int]) -> list[Any]:
+        """Every record from `start` (default 0) up to the end offsets taken now."""
+        end = await self.end_offsets()
+        remaining = {tp for tp in self._tps if end[tp] > start.get(tp, 0)}
+        for tp in remaining:
+            self._consumer.seek(tp, start.get(tp, 0))
+        out: list[Any] = []
+        deadline = time.monotonic() + 60
+        while remaining and time.monotonic() < deadline:
+            fetched = await self._consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
+            for tp, records in fetched.items():
+                out.extend(r for r in records if r.offset < end[tp])
+                if records and records[-1].offset >= end[tp] - 1:
+                    remaining.discard(tp)
+        if remaining:
+            raise BenchError(f"could not read {self._topic} to its end")
+        return out
+
+    async def last_timestamp(self) -> int:
+        """The largest timestamp (ms) among the last record of each partition."""
+        end = await self.end_offsets()
+        start = {tp: offset - 1 for tp, offset in end.items() if offset > 0}
+        records = await self.read(start)
+        return max((r.timestamp for r in records), default=0)
+
+
+async def _wait_for_count(
+    reader: TopicReader,
+    target: int,
+    *,
+    phases: Phases,
+    task: TaskID,
+    base: int = 0,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Poll the topic's end offsets (cheap for the broker and for us) until `target` records."""
+    seen, last_change = -1, time.monotonic()
+    while True:
+        alive()
+        count = await reader.count() - base
+        phases.update(task, min(count, target), target)
+        if count >= target:
+            return
+        if count != seen:
+            seen, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change > STALL_TIMEOUT_S:
+            raise BenchError(f"stalled at {count} of {target} results")
+        await asyncio.sleep(0.25)
+
+
+async def _publish(
+    settings: Settings,
+    topic: str,
+    commands: Sequence[Command],
+    *,
+    rate: float | None = None,
+    on_progress: Callable[[int], None] = lambda _: None,
+) -> list[int]:
+    """Send every command (acks=all); returns each record's timestamp (ms), in order."""
+    options = producer_options(settings)
+    # ~4 KB commands: bigger producer batches than the default 16 KB, as `publish` does.
+    options["max_batch_size"] = min(PUBLISH_BATCH_BYTES, options["max_request_size"])
+    producer = AIOKafkaProducer(**options)
+    await producer.start()
+    try:
+        bucket = TokenBucket(rate) if rate else None
+        futures = []
+        for index, command in enumerate(commands):
+            if bucket is not None:
+                await bucket.take()
+            futures.append(await producer.send(topic, command.text.encode(), key=command.key))
+            if index % 500 == 0:
+                on_progress(index)
+        metadata = await asyncio.gather(*futures)
+        on_progress(len(commands))
+        return [int(m.timestamp) for m in metadata]
+    finally:
+        await producer.stop()
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+
+async def bench_sql(
+    url: str, streams: Sequence[Sequence[Command]], *, batch: int, phases: Phases
+) -> tuple[float, dict[str, ResultObject | PermanentError], str]:
+    """P concurrent streams of ingest_batch calls; returns (seconds, results by text, digest)."""
+    total = sum(len(s) for s in streams)
+    task = phases.start("b_sql    PostgreSQL only", total)
+    pool = await create_pool(url, min_size=len(streams), max_size=len(streams))
+    results: dict[str, ResultObject | PermanentError] = {}
+    done = 0
+    try:
+        repo = ArtifactRepository(pool)
+
+        async def stream(commands: Sequence[Command]) -> None:
+            nonlocal done
+            for start in range(0, len(commands), batch):
+                texts = [c.text for c in commands[start : start + batch]]
+                replies = await repo.ingest_batch(texts)
+                results.update(zip(texts, replies, strict=True))
+                done += len(texts)
+                phases.update(task, done)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(s) for s in streams))
+        seconds = time.perf_counter() - started
+        refused = [r for r in results.values() if isinstance(r, PermanentError)]
+        if refused:
+            raise BenchError(f"b_sql: {len(refused)} commands refused, e.g. {refused[0]}")
+        digest = await repo.state_digest()
+    finally:
+        await pool.close()
+    phases.done(task, f"{total / seconds:,.0f}/s")
+    return seconds, results, digest
+
+
+async def bench_kafka(
+    settings: Settings,
+    results: Mapping[str, ResultObject | PermanentError],
+    *,
+    total: int,
+    phases: Phases,
+) -> float:
+    """The worker's consumer path in this process, with the recorded store; returns msgs/s."""
+    # Imported here: FastStream is slow to import, and only this phase needs it.
+    from worker.interfaces.kafka.app import build_worker  # noqa: PLC0415
+
+    store = _RecordedStore(results)
+
+    async def recorded(_: Settings) -> tuple[_RecordedStore, Callable[[], Awaitable[None]]]:
+        async def close() -> None:
+            return None
+
+        return store, close
+
+    task = phases.start("b_kafka  Kafka + worker path, no database", total)
+    reader = TopicReader(settings, settings.results_topic)
+    await reader.start()
+    worker = build_worker(settings, store_factory=recorded)
+    app = worker.app
+    try:
+        # What `FastStream.run` does, minus its signal handlers (they would outlive the phase).
+        async with app.lifespan_context():
+            await app.start()
+            try:
+                started = time.time()
+                await _wait_for_count(reader, total, phases=phases, task=task)
+            finally:
+                await app.stop()
+        last = await reader.last_timestamp()
+    finally:
+        await reader.stop()
+    rate = total / max(last / 1000 - started, 1e-3)
+    phases.done(task, f"{rate:,.0f}/s")
+    return rate
+
+
+@dataclass
+class WorkerRun:
+    """`capture-worker run` as a child process, with its log in a temporary file."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            **self.env,
+            "CAPTURE_HTTP_PORT": str(self.port),
+            "CAPTURE_LOG_FORMAT": "json",
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(f"the worker exited with {self.proc.returncode}:\n{self.tail_log()}")
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.port}/readyz"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> float:
+        """Poll /readyz every 20 ms; returns the wall-clock time it first answered 200."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.alive()
+            if await asyncio.to_thread(self.ready):
+                return time.time()
+            await asyncio.sleep(0.02)
+        raise BenchError(f"the worker was not ready in {timeout_s:.0f}s:\n{self.tail_log()}")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.to_thread(self.proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, 10)
+
+    def tail_log(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bench_e2e(worker: WorkerRun, reader: TopicReader, *, total: int, phases: Phases) -> float:
+    task = phases.start("e2e      the worker process", total)
+    worker.start()
+    started = await worker.wait_ready()
+    await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
+    last = await reader.last_timestamp()
+    rate = total / max(last / 1000 - started, 1e-3)
+    phases.done(task, f"{rate:,.0f}/s")
+    return rate
+
+
+async def bench_latency(
+    settings: Settings,
+    worker: WorkerRun,
+    reader: TopicReader,
+    commands: Sequence[Command],
+    *,
+    rate: float,
+    phases: Phases,
+) -> dict[str, float]:
+    """Publish at `rate` to the running, idle worker; latency from the records' timestamps."""
+    task = phases.start(f"latency  {rate:,.0f}/s steady", len(commands))
+    base_offsets = await reader.end_offsets()
+    base = sum(base_offsets.values())
+    sent = await _publish(
+        settings,
+        settings.commands_topic,
+        commands,
+        rate=rate,
+        on_progress=lambda n: phases.update(task, n),
+    )
+    await _wait_for_count(
+        reader, len(commands), phases=phases, task=task, base=base, alive=worker.alive
+    )
+    # A producer retry in the stream repeats a command_id: pair the n-th sending with the
+    # n-th result of that id.
+    sent_at: dict[str, list[int]] = defaultdict(list)
+    for command, timestamp in zip(commands, sent, strict=True):
+        sent_at[command.command_id].append(timestamp)
+    result_at: dict[str, list[int]] = defaultdict(list)
+    for record in await reader.read(base_offsets):
+        result_at[json.loads(record.value)["command_id"]].append(record.timestamp)
+    latencies = [
+        float(r - s)
+        for command_id, times in sent_at.items()
+        for s, r in zip(sorted(times), sorted(result_at[command_id]), strict=False)
+    ]
+    if len(latencies) != len(commands):
+        raise BenchError(f"latency: {len(latencies)} results matched of {len(commands)}")
+    stats = percentiles(latencies)
+    phases.done(task, f"p99 {stats['p99']:.0f} ms")
+    return {**stats, "rate_per_s": round(rate, 1), "messages": len(commands)}
+
+
+async def bench_naive(
+    settings: Settings,
+    url: str,
+    *,
+    commands_topic: str,
+    results_topic: str,
+    total: int,
+    phases: Phases,
+) -> float:
+    """One record at a time: consume, ingest_with_signal, produce and wait, commit."""
+    task = phases.start("naive    one at a time", total)
+    consumer = AIOKafkaConsumer(
+        commands_topic,
+        **connection_options(settings),
+        group_id=f"cw-bench-naive-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    # acks=all and idempotent like the worker, but aiokafka's default linger (0): waiting for
+    # each send would otherwise add the worker's 5 ms linger to every message.
+    producer = AIOKafkaProducer(**{**producer_options(settings), "linger_ms": 0})
+    conn = await asyncpg.connect(url)
+    await consumer.start()
+    await producer.start()
+    try:
+        record = await consumer.getone()
+        started = time.perf_counter()
+        for n in range(total):
+            if n:
+                record = await consumer.getone()
+            # Without a jsonb codec asyncpg sends and returns jsonb as text: no re-encoding.
+            result = await conn.fetchval(
+                "SELECT capture.ingest_with_signal($1::jsonb)", record.value.decode()
+            )
+            await producer.send_and_wait(results_topic, result.encode(), key=record.key)
+            tp = TopicPartition(record.topic, record.partition)
+            await consumer.commit({tp: record.offset + 1})
+            if n % 50 == 0:
+                phases.update(task, n)
+        seconds = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await conn.close()
+    rate = total / seconds
+    phases.done(task, f"{rate:,.0f}/s")
+    return rate
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
+def _kafka_version(settings: Settings) -> str:
+    # The protocol does not tell a broker's version; the local stack records what it runs.
+    with contextlib.suppress(Exception):  # informative only
+        cfg = stack.resolve_config()
+        if settings.kafka_bootstrap_servers == cfg.kafka.bootstrap:
+            return f"Kafka {cfg.kafka.version} (local stack)"
+    return "unknown (not the local stack)"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+async def _machine(settings: Settings, url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        server = await conn.fetchval("SHOW server_version")
+        pgvector = await conn.fetchval(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        )
+        sync_commit = await conn.fetchval("SHOW synchronous_commit")
+    finally:
+        await conn.close()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "postgresql": str(server),
+        "pgvector": str(pgvector),
+        "synchronous_commit": str(sync_commit),
+        "kafka": _kafka_version(settings),
+        # Others' work on the machine moves every number: the load at the start says how much.
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+@asynccontextmanager
+async def _resources(settings: Settings) -> AsyncIterator[Resources]:
+    resources = Resources(
+        settings=settings,
+        admin_dsn=settings.database_url.get_secret_value(),
+        run_id=uuid.uuid4().hex[:10],
+    )
+    try:
+        yield resources
+    finally:
+        await resources.close()
+
+
+async def run_bench(
+    settings: Settings, options: BenchOptions, *, show_progress: bool
+) -> dict[str, Any]:
+    began = time.perf_counter()
+    partitions = settings.topic_partitions
+    naive_total = min(options.messages, options.naive_messages)
+    async with AsyncExitStack() as stack:
+        resources = await stack.enter_async_context(_resources(settings))
+        progress = stack.enter_context(_progress(show_progress))
+        phases = Phases(progress)
+
+        task = phases.start("setup    databases, topics, commands")
+        lines = list(
+            generate_lines(
+                options.messages, users=options.users, seed=options.seed, dim=options.dim
+            )
+        )
+        commands = commands_of(lines)
+        await resources.make_template(dim=options.dim, index=options.index)
+        sql_url = await resources.clone("sql")
+        e2e_url = await resources.clone("e2e")
+        naive_url = await resources.clone("naive")
+        topics = await resources.make_topics(
+            "commands", "results", "dlq", "kafka-results", "kafka-dlq", "naive-results"
+        )
+        commands_topic, results, dlq, kafka_results, kafka_dlq, naive_results = topics
+        machine = await _machine(settings, sql_url)
+        phases.done(task)
+
+        sql_seconds, recorded, sql_digest = await bench_sql(
+            sql_url,
+            split_by_partition(commands, partitions),
+            batch=options.batch,
+            phases=phases,
+        )
+        b_sql = options.messages / sql_seconds
+
+        task = phases.start("publish  the commands", options.messages)
+        published = time.perf_counter()
+        await _publish(
+            settings, commands_topic, commands, on_progress=lambda n: phases.update(task, n)
+        )
+        publish_rate = options.messages / (time.perf_counter() - published)
+        phases.done(task, f"{publish_rate:,.0f}/s")
+
+        worker_settings = settings.model_copy(
+            update={
+                "commands_topic": commands_topic,
+                "batch_size": options.batch,
+                "embedding_dim": options.dim,
+            }
+        )
+        b_kafka = await bench_kafka(
+            worker_settings.model_copy(
+                update={
+                    "results_topic": kafka_results,
+                    "dlq_topic": kafka_dlq,
+                    "consumer_group": f"cw-bench-kafka-{resources.run_id}",
+                }
+            ),
+            recorded,
+            total=options.messages,
+            phases=phases,
+        )
+        del recorded
+
+        log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-bench-"))
+        worker = WorkerRun(
+            env={
+                "DATABASE_URL": e2e_url,
+                "CAPTURE_COMMANDS_TOPIC": commands_topic,
+                "CAPTURE_RESULTS_TOPIC": results,
+                "CAPTURE_DLQ_TOPIC": dlq,
+                "CAPTURE_CONSUMER_GROUP": f"cw-bench-e2e-{resources.run_id}",
+                "CAPTURE_BATCH_SIZE": str(options.batch),
+                "CAPTURE_EMBEDDING_DIM": str(options.dim),
+            },
+            log_path=Path(log_dir) / "worker.log",
+            port=_free_port(),
+        )
+        stack.push_async_callback(worker.stop)
+        reader = TopicReader(settings, results)
+        await reader.start()
+        stack.push_async_callback(reader.stop)
+        e2e = await bench_e2e(worker, reader, total=options.messages, phases=phases)
+        e2e_digest = await _digest(e2e_url)
+
+        rate = max(1.0, e2e / 2)
+        latency_commands = commands_of(
+            list(
+                generate_lines(
+                    max(1, round(rate * options.latency_seconds)),
+                    users=options.users,
+                    seed=options.seed + 1,
+                    dim=options.dim,
+                )
+            )
+        )
+        latency = await bench_latency(
+            worker_settings.model_copy(update={"commands_topic": commands_topic}),
+            worker,
+            reader,
+            latency_commands,
+            rate=rate,
+            phases=phases,
+        )
+        await worker.stop()
+
+        naive = await bench_naive(
+            settings,
+            naive_url,
+            commands_topic=commands_topic,
+            results_topic=naive_results,
+            total=naive_total,
+            phases=phases,
+        )
+    return {
+        "messages": options.messages,
+        "users": options.users,
+        "dim": options.dim,
+        "batch": options.batch,
+        "partitions": partitions,
+        "hnsw_index": options.index,
+        "b_sql_per_s": round(b_sql, 1),
+        "b_kafka_per_s": round(b_kafka, 1),
+        "e2e_per_s": round(e2e, 1),
+        "naive_per_s": round(naive, 1),
+        "naive_messages": naive_total,
+        "publish_per_s": round(publish_rate, 1),
+        "latency_ms": latency,
+        "ratios": {"e2e/b_sql": _ratio(e2e, b_sql), "e2e/naive": _ratio(e2e, naive)},
+        "same_state": sql_digest == e2e_digest,
+        "worker_settings": {
+            "batch_size": options.batch,
+            "max_poll_records": settings.max_poll_records,
+            "batch_linger_ms": settings.batch_linger_ms,
+            "db_pool_size": settings.db_pool_size,
+            "producer_linger_ms": producer_options(settings)["linger_ms"],
+        },
+        "machine": machine,
+        "seconds": round(time.perf_counter() - began, 1),
+        "run_id": resources.run_id,
+    }
+
+
+async def _digest(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SELECT capture.capture_state_digest()"))
+    finally:
+        await conn.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    index = "HNSW index" if report["hnsw_index"] else "no HNSW index"
+    table = Table(
+        title=f"{report['messages']:,} commands, {report['users']} users, dim {report['dim']}, "
+        f"{index}, batch {report['batch']}, {report['partitions']} partitions"
+    )
+    table.add_column("measure")
+    table.add_column("commands/s", justify="right")
+    table.add_column("what it is")
+    table.add_row("b_sql", f"{report['b_sql_per_s']:,.0f}", "asyncpg → ingest_batch, P streams")
+    table.add_row("b_kafka", f"{report['b_kafka_per_s']:,.0f}", "worker path, no database")
+    table.add_row("e2e", f"{report['e2e_per_s']:,.0f}", "the worker process")
+    table.add_row(
+        "naive",
+        f"{report['naive_per_s']:,.0f}",
+        f"one at a time ({report['naive_messages']:,} commands)",
+    )
+    console.print(table)
+    ratios = report["ratios"]
+    lat = report["latency_ms"]
+    console.print(
+        f"e2e/b_sql [bold]{ratios['e2e/b_sql']:.2f}[/]   "
+        f"e2e/naive [bold]{ratios['e2e/naive']:.1f}[/]"
+        f"   same state as b_sql: {'yes' if report['same_state'] else '[red]NO[/]'}"
+    )
+    console.print(
+        f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "
+        f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 [bold]{lat['p99']:.0f}[/] ms, "
+        f"max {lat['max']:.0f} ms"
+    )
+    ws = report["worker_settings"]
+    console.print(
+        f"[dim]worker: batch {ws['batch_size']}, max poll {ws['max_poll_records']}, "
+        f"linger {ws['batch_linger_ms']} ms, pool {ws['db_pool_size']}, producer linger "
+        f"{ws['producer_linger_ms']} ms[/]"
+    )
+    console.print(
+        f"[dim]machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
+        f"PostgreSQL {m['postgresql']} + pgvector {m['pgvector']} "
+        f"(synchronous_commit={m['synchronous_commit']}), {m['kafka']}, Python {m['python']}; "
+        f"load {m['load_1m']}; {report['seconds']:.0f} s[/]"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        *,
+        messages: Annotated[int, typer.Option(min=1, help="Commands in the stream.")] = 20_000,
+        users: Annotated[int, typer.Option(min=1, help="Distinct users in the stream.")] = 50,
+        dim: Annotated[int, typer.Option(min=2, help="Embedding dimension.")] = 384,
+        batch: Annotated[
+            int | None,
+            typer.Option(
+                min=1, help="Commands per ingest_batch call.", show_default="CAPTURE_BATCH_SIZE"
+            ),
+        ] = None,
+        no_index: Annotated[
+            bool, typer.Option("--no-index", help="Drop the HNSW index in the bench databases.")
+        ] = False,
+        naive_messages: Annotated[
+            int, typer.Option(min=1, help="At most this many commands for the naive loop.")
+        ] = 3000,
+        latency_seconds: Annotated[
+            float, typer.Option(min=0.5, help="How long to publish at half the e2e rate.")
+        ] = 12.0,
+        seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
+        fmt: Annotated[
+            BenchFormat,
+            typer.Option("--format", help="A table, or one JSON object on the last line."),
+        ] = BenchFormat.TABLE,
+    ) -> None:
+        """Throughput and latency of the worker against PostgreSQL's ceiling, in one run.
+
+        Creates its own databases (needs a role that may CREATE DATABASE) and topics, and drops
+        them at the end. About 3 to 6 minutes with the defaults on a 2-core machine.
+        """
+        settings = get_settings()
+        configure_logging(settings.log_format, "WARNING")
+        # The first sends to a topic created a moment ago meet "not leader" and are retried;
+        # aiokafka logs each retry as a warning, which is noise in the middle of the report.
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
+        options = BenchOptions(
+            messages=messages,
+            users=users,
+            dim=dim,
+            batch=batch or settings.batch_size,
+            index=not no_index,
+            seed=seed,
+            naive_messages=naive_messages,
+            latency_seconds=latency_seconds,
+        )
+        try:
+            report = asyncio.run(
+                run_bench(settings, options, show_progress=err_console.is_terminal)
+            )
+        except (BenchError, CaptureError) as exc:
+            fail(str(exc))
+            return
+        if fmt is BenchFormat.JSON:
+            emit_json(report)
+        else:
+            print_report(report)
