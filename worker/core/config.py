@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         500, ge=1, le=100000, validation_alias=_env("CAPTURE_MAX_POLL_RECORDS")
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
+    db_lock_timeout_ms: int = Field(
+        2000,
+        ge=0,
+        validation_alias=_env("CAPTURE_DB_LOCK_TIMEOUT_MS"),
+        description="PostgreSQL lock_timeout of the worker's sessions; a user whose rows stay "
+        "locked longer is retried later while other partitions go on. 0 waits forever.",
+    )
     config_ttl_s: float = Field(30.0, gt=0, validation_alias=_env("CAPTURE_CONFIG_TTL_S"))
     shutdown_timeout_s: float = Field(
         30.0, gt=0, validation_alias=_env("CAPTURE_SHUTDOWN_TIMEOUT_S")

@@ -45,8 +45,16 @@ async def create_pool(
     command_timeout: float | None = 60.0,
     max_inactive_connection_lifetime: float = 300.0,
     application_name: str = "capture-worker",
+    lock_timeout_ms: int | None = None,
 ) -> asyncpg.Pool:
-    """Open a pool; connection failures surface as TransientError."""
+    """Open a pool; connection failures surface as TransientError.
+
+    `lock_timeout_ms` bounds each wait for a lock (the per-user advisory lock, row locks):
+    past it the statement fails with SQLSTATE 55P03, a TransientError, and is retried later.
+    """
+    server_settings = {"application_name": application_name}
+    if lock_timeout_ms is not None:
+        server_settings["lock_timeout"] = f"{lock_timeout_ms}ms"
     with translate_db_errors("connect"):
         pool = await asyncpg.create_pool(
             dsn,
@@ -55,7 +63,7 @@ async def create_pool(
             command_timeout=command_timeout,
             max_inactive_connection_lifetime=max_inactive_connection_lifetime,
             init=init_connection,
-            server_settings={"application_name": application_name},
+            server_settings=server_settings,
         )
     assert pool is not None  # asyncpg's stubs allow None only for the un-awaited form
     return pool

@@ -38,6 +38,7 @@ from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.http import Health
 from worker.interfaces.kafka.consumer import (
     BatchProcessor,
+    PartitionHold,
     RetriesExhausted,
     commit,
     observe_batch,
@@ -54,7 +55,9 @@ StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], A
 async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[], Awaitable[None]]]:
     """The real store: an asyncpg pool behind ArtifactRepository, and how to close it."""
     pool = await create_pool(
-        settings.database_url.get_secret_value(), max_size=settings.db_pool_size
+        settings.database_url.get_secret_value(),
+        max_size=settings.db_pool_size,
+        lock_timeout_ms=settings.db_lock_timeout_ms,
     )
     return ArtifactRepository(pool), pool.close
 
@@ -114,6 +117,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         max_attempts=settings.retry_max_attempts,
     )
     health = Health()
+    hold = PartitionHold()
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -207,7 +211,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
             return
         started = time.perf_counter()
         try:
-            await worker.processor.process(records)
+            processed = await worker.processor.process(records)
         except RetriesExhausted as exc:
             log.error("giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping", reason=str(exc))
             await message.nack()
@@ -221,6 +225,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
             await message.nack()
             await asyncio.sleep(backoff.max_s)
             return
+        hold.hold(message.consumer, processed.stalled)
         await commit(message.ack, backoff)
         record_lag(message.consumer, records)
         observe_batch(len(records), started)

@@ -4,14 +4,20 @@ The order matters and is the delivery guarantee: database transaction
 committed -> results and dead-letter records acknowledged by Kafka -> offsets
 committed. A crash anywhere before the commit redelivers the batch, and the
 database's ledger turns the redelivery into the identical results.
+
+Partitions are independent. A partition whose records fail transiently (its user's rows
+locked past `lock_timeout`, or the database down) is rewound to its first unprocessed record
+and paused for its backoff delay (`PartitionHold`); the others are published, committed and
+fetched on, so one slow user never stalls the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -35,6 +41,26 @@ class RetriesExhausted(Exception):
     """CAPTURE_RETRY_MAX_ATTEMPTS reached: the worker stops rather than skip a message."""
 
 
+PartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A partition whose records of this batch failed transiently: where to resume, and when."""
+
+    offset: int
+    delay_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """Outcomes of the partitions that succeeded (published), and the partitions to retry."""
+
+    outcomes: list[Outcome]
+    stalled: Mapping[PartitionKey, Stall] = field(default_factory=dict)
+
+
 @dataclass
 class BatchProcessor:
     store: CaptureStore
@@ -43,25 +69,32 @@ class BatchProcessor:
     backoff: Backoff
     on_transient: Callable[[str], None] = lambda _: None
     on_success: Callable[[], None] = lambda: None
+    _attempts: dict[PartitionKey, int] = field(default_factory=dict)
 
-    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[Outcome]:
-        """Handle and publish until it succeeds; TransientError is retried, never skipped."""
-        partitions: dict[tuple[str, int], list[Envelope]] = {}
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> Processed:
+        """Handle each partition, then publish what succeeded; nothing is ever skipped.
+
+        A partition whose handling failed transiently comes back in `stalled` (the caller
+        rewinds and pauses it, `PartitionHold`), whatever the others did: a database that is
+        down stalls them all, one user's locked rows only their own partition. A failed
+        publish (Kafka) is retried here, with backoff, for the whole batch.
+        """
+        partitions: dict[PartitionKey, list[Envelope]] = {}
         for r in records:
             partitions.setdefault((r.topic, r.partition), []).append(
                 Envelope(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers))
             )
         attempt = 0
         while True:
+            limits = await self.limits()
+            outcomes, failures = await _per_partition(partitions, self.store, limits)
+            stalled = self._stalled(failures, partitions)
             try:
-                limits = await self.limits()
-                outcomes = await _per_partition(partitions.values(), self.store, limits)
                 await self.publisher.publish(outcomes)
             except TransientError as exc:
                 attempt += 1
-                stage = "publish" if exc.reason.startswith("kafka") else "database"
-                metrics.RETRIES.labels(stage=stage).inc()
-                self.on_transient(stage)
+                metrics.RETRIES.labels(stage="publish").inc()
+                self.on_transient("publish")
                 if self.backoff.gives_up(attempt):
                     raise RetriesExhausted(exc.reason) from exc
                 delay = self.backoff.delay(attempt)
@@ -78,21 +111,97 @@ class BatchProcessor:
                 )
                 await asyncio.sleep(delay)
             else:
-                self.on_success()
-                return outcomes
+                for key in partitions.keys() - stalled.keys():
+                    self._attempts.pop(key, None)
+                if outcomes:
+                    self.on_success()
+                return Processed(outcomes, stalled)
+
+    def _stalled(
+        self,
+        failures: Mapping[PartitionKey, TransientError],
+        partitions: Mapping[PartitionKey, list[Envelope]],
+    ) -> dict[PartitionKey, Stall]:
+        """Count an attempt per failed partition (attempts survive across batches, so the
+        backoff grows until that partition succeeds) and give each its delay."""
+        stalled: dict[PartitionKey, Stall] = {}
+        for key, exc in failures.items():
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+            metrics.RETRIES.labels(stage="database").inc()
+            if not _contention(exc):  # a lock wait says nothing about the database being down
+                self.on_transient("database")
+            if self.backoff.gives_up(attempt):
+                raise RetriesExhausted(exc.reason) from exc
+            delay = self.backoff.delay(attempt)
+            first = partitions[key][0]
+            log.warning(
+                "transient failure, retrying",
+                reason=exc.reason,
+                attempt=attempt,
+                retry_in_s=round(delay, 2),
+                topic=first.topic,
+                partition=first.partition,
+                offset=first.offset,
+                messages=len(partitions[key]),
+            )
+            stalled[key] = Stall(first.offset, delay, exc.reason)
+        return stalled
 
 
-async def _per_partition(groups: Any, store: CaptureStore, limits: Limits) -> list[Outcome]:
-    """Partitions concurrently, each in order; the first failure cancels the rest."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(handle_capture_batch(envs, store=store, limits=limits))
-                for envs in groups
-            ]
-    except* TransientError as group:
-        raise group.exceptions[0] from None
-    return [o for t in tasks for o in t.result()]
+def _contention(exc: TransientError) -> bool:
+    """Lost a race for this user's rows (lock timeout, deadlock, serialization failure)."""
+    return exc.sqlstate is not None and (exc.sqlstate == "55P03" or exc.sqlstate[:2] == "40")
+
+
+async def _per_partition(
+    groups: Mapping[PartitionKey, list[Envelope]], store: CaptureStore, limits: Limits
+) -> tuple[list[Outcome], dict[PartitionKey, TransientError]]:
+    """Partitions concurrently, each in order; a transient failure of one spares the others."""
+    keys = list(groups)
+    replies = await asyncio.gather(
+        *(handle_capture_batch(groups[k], store=store, limits=limits) for k in keys),
+        return_exceptions=True,
+    )
+    outcomes: list[Outcome] = []
+    failures: dict[PartitionKey, TransientError] = {}
+    for key, reply in zip(keys, replies, strict=True):
+        if isinstance(reply, TransientError):
+            failures[key] = reply
+        elif isinstance(reply, BaseException):
+            raise reply  # a bug (or a cancellation): the caller rewinds the whole batch
+        else:
+            outcomes += reply
+    return outcomes, failures
+
+
+class PartitionHold:
+    """Rewinds stalled partitions to their first unprocessed record and pauses them for their
+    backoff delay; fetching goes on for every other partition meanwhile."""
+
+    def __init__(self) -> None:
+        self._timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+
+    def hold(self, consumer: Any, stalled: Mapping[PartitionKey, Stall]) -> None:
+        loop = asyncio.get_running_loop()
+        for (topic, partition), stall in stalled.items():
+            tp = TopicPartition(topic, partition)
+            try:
+                # Seek first: the commit that follows then stores this offset, not the
+                # position past the records that were not processed.
+                consumer.seek(tp, stall.offset)
+                consumer.pause(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile: its new owner resumes from the last commit
+            previous = self._timers.pop(tp, None)
+            if previous is not None:
+                previous.cancel()
+            self._timers[tp] = loop.call_later(stall.delay_s, self._resume, consumer, tp)
+
+    def _resume(self, consumer: Any, tp: TopicPartition) -> None:
+        self._timers.pop(tp, None)
+        with contextlib.suppress(IllegalStateError):  # revoked while paused
+            consumer.resume(tp)
 
 
 async def commit(ack: Callable[[], Awaitable[None]], backoff: Backoff) -> bool:
