@@ -174,3 +174,16 @@ async def test_a_batch_refused_as_a_whole_is_retried_one_by_one() -> None:
     )
     assert [o.error is None for o in outcomes] == [True, False, True]
     assert outcomes[1].error is not None and outcomes[1].error.sqlstate == "22P05"
+
+
+async def test_json_nested_beyond_the_parser_stack_is_undecodable_not_a_crash() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    with_ids = json.dumps(command(x=0)).encode().replace(b'"x": 0', b'"x": ' + deep)
+    assert b'"x": [[[' in with_ids
+    outcomes = await handle_capture_batch(
+        [envelope(deep, 0, key=b"k"), envelope(with_ids, 1, key=b"k")],
+        store=FakeStore(),
+        limits=Limits(embedding_dim=DIM, max_message_bytes=64 * 1024, db_batch_size=2),
+    )
+    assert [o.error.kind if o.error else None for o in outcomes] == [ErrorKind.UNDECODABLE] * 2
+    assert [o.result for o in outcomes] == [None, None]  # ids unreadable: no result event

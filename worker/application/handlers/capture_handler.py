@@ -87,7 +87,9 @@ def readable_ids(value: bytes | None) -> tuple[UUID | None, UUID | None]:
     try:
         data = json.loads(value)
         return UUID(str(data["command_id"])), UUID(str(data["user_id"]))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (a few thousand "[" are
+        # enough). Uncaught, it failed the whole batch on every redelivery, forever.
         return None, None
 
 
