@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 from typing import Annotated
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -21,6 +21,9 @@ DEFAULT_EMBEDDING_DIM = 384
 MAX_URL_LENGTH = 2048
 MAX_TITLE_LENGTH = 512
 MAX_READING_DEPTH = 1.5
+
+# The same characters as str.isspace (both use Py_UNICODE_ISSPACE), in one C-level scan.
+_WHITESPACE = re.compile(r"\s")
 
 
 class CaptureArtifactCommand(BaseModel):
@@ -96,7 +99,7 @@ class CaptureArtifactCommand(BaseModel):
             raise ValueError("must be an http(s) URL")
         if not parts.hostname:
             raise ValueError("must have a host")
-        if any(ch.isspace() for ch in value):
+        if _WHITESPACE.search(value):
             raise ValueError("must not contain whitespace")
         return value
 
@@ -109,8 +112,9 @@ class CaptureArtifactCommand(BaseModel):
             raise ValueError(f"must have exactly {dim} numbers, got {len(value)}")
         if not any(value):
             raise ValueError("must not be all zero")
-        if not all(math.isfinite(x) for x in value):
-            raise ValueError("must contain only finite numbers")
+        # Finiteness needs no check here: `allow_inf_nan=False` already refuses NaN, Infinity
+        # and overflowing numbers (1e999) item by item, before this validator runs. A second
+        # pass in Python cost half of the whole validation of a 384-number command.
         return value
 
     @field_validator("schema_version")

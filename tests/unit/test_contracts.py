@@ -143,6 +143,9 @@ BAD_SHAPES: list[tuple[str, dict[str, Any] | str, str]] = [
     # Python's json writes NaN / Infinity literals; the model must refuse them.
     ("NaN", json.dumps(valid(embedding=[math.nan] + [0.1] * 383)), "embedding"),
     ("Infinity", json.dumps(valid(embedding=[0.1] * 383 + [math.inf])), "embedding"),
+    # A number too large for a float parses as infinity: refused like the literals.
+    ("overflow", json.dumps(valid(embedding=[0.5] * 384)).replace("0.5]", "1e999]"), "embedding"),
+    ("space in url", valid(url="https://example.com/a b"), "url"),
     ("all-zero embedding", valid(embedding=[0.0] * 384), "embedding"),
     ("string in embedding", valid(embedding=["0.1"] * 384), "embedding"),
     ("depth 1.7", valid(reading_depth=1.7), "reading_depth"),
