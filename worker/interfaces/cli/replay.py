@@ -191,7 +191,7 @@ async def replay(
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
                 if records:
-                    await processor.process(records)
+                    await _process_fully(processor, records)
                     summary.messages += len(records)
                     elapsed = time.perf_counter() - started
                     progress.update(
@@ -207,6 +207,23 @@ async def replay(
         if producer is not None:
             await producer.stop()
         await pool.close()
+
+
+async def _process_fully(processor: BatchProcessor, records: list[Any]) -> None:
+    """Like the worker, but in place of pausing a stalled partition, wait and redo its rest."""
+    pending = records
+    while pending:
+        processed = await processor.process(pending)
+        stalled = processed.stalled
+        if not stalled:
+            return
+        await asyncio.sleep(max(s.delay_s for s in stalled.values()))
+        pending = [
+            r
+            for r in pending
+            if (r.topic, r.partition) in stalled
+            and r.offset >= stalled[(r.topic, r.partition)].offset
+        ]
 
 
 def register(app: typer.Typer) -> None:
