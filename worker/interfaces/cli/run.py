@@ -10,7 +10,7 @@ import typer
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging, get_logger
 from worker.interfaces.http import start_http
-from worker.interfaces.kafka.app import build_worker
+from worker.interfaces.kafka.app import StartupAborted, build_worker
 
 log = get_logger(__name__)
 
@@ -40,6 +40,8 @@ async def _run(settings: Settings) -> int:
     server = await start_http(worker.health, settings.http_host, settings.http_port)
     try:
         await worker.app.run()
+    except StartupAborted as exc:  # SIGTERM/SIGINT before start-up completed: a clean stop
+        log.info("worker stopped before start-up completed", reason=str(exc))
     finally:
         server.close()
         await server.wait_closed()

@@ -8,6 +8,7 @@ batch. FastStream's default (ACK_FIRST) would be at-most-once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,21 +94,70 @@ async def _no_decode(message: StreamMessage[Any], original: Any) -> list[Any]:
     return []
 
 
-async def _retry(what: str, attempt_fn: Callable[[], Awaitable[Any]], backoff: Backoff) -> Any:
+class StartupAborted(Exception):
+    """SIGTERM/SIGINT arrived while start-up was still waiting for a dependency."""
+
+
+class WorkerApp(FastStream):
+    """FastStream whose exit request also reaches the start-up waits.
+
+    FastStream's signal handler only sets a flag that it reads once the lifespan has started;
+    a worker still waiting for its dependencies (Kafka refusing its credentials, a database
+    that is not up) ignored SIGTERM and had to be killed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exit_requested = asyncio.Event()
+
+    def exit(self) -> None:
+        super().exit()
+        self.exit_requested.set()
+
+
+async def _retry(
+    what: str,
+    attempt_fn: Callable[[], Awaitable[Any]],
+    backoff: Backoff,
+    *,
+    health: Health,
+    stop: asyncio.Event,
+) -> Any:
+    """Start-up waits for a dependency rather than crash-looping; /readyz says which and why."""
     attempt = 0
     while True:
+        attempt_task = asyncio.ensure_future(attempt_fn())
+        stop_task = asyncio.ensure_future(stop.wait())
         try:
-            return await attempt_fn()
-        except Exception as exc:  # startup waits for dependencies rather than crash-looping
+            await asyncio.wait({attempt_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+        if not attempt_task.done():  # asked to stop while connecting
+            attempt_task.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt_task
+            raise StartupAborted(f"stopped while connecting to {what}")
+        try:
+            result = attempt_task.result()
+        except Exception as exc:  # any failure: wait and try again
             attempt += 1
             delay = backoff.delay(attempt)
+            health.up[what] = False
+            health.errors[what] = repr(exc)
             log.warning(
                 "waiting for dependency",
                 dependency=what,
                 error=repr(exc),
                 retry_in_s=round(delay, 2),
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                raise StartupAborted(f"stopped while waiting for {what}") from exc
+        else:
+            health.up[what] = True
+            health.errors.pop(what, None)
+            return result
 
 
 def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_store) -> Worker:
@@ -119,17 +169,23 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     health = Health()
     hold = PartitionHold()
 
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        store, close_store = await _retry("postgresql", lambda: store_factory(settings), backoff)
+    async def connect() -> tuple[CaptureStore, AIOKafkaProducer, AIOKafkaAdminClient]:
+        stop = app.exit_requested
+
+        async def wait_for(what: str, attempt_fn: Callable[[], Awaitable[Any]]) -> Any:
+            return await _retry(what, attempt_fn, backoff, health=health, stop=stop)
+
+        store, close_store = await wait_for("postgresql", lambda: store_factory(settings))
         worker._closers.append(close_store)
+        # Closers go in before the first attempt: a client whose start failed holds
+        # resources too, and start-up may end there.
         producer = AIOKafkaProducer(**producer_options(settings))
-        await _retry("kafka", producer.start, backoff)
         worker._closers.append(producer.stop)
+        await wait_for("kafka", producer.start)
         admin = AIOKafkaAdminClient(**connection_options(settings))
-        await _retry("kafka", admin.start, backoff)
         worker._closers.append(admin.close)
-        created = await _retry(
+        await wait_for("kafka", admin.start)
+        created = await wait_for(
             "kafka",
             lambda: ensure_topics(
                 admin,
@@ -137,10 +193,20 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
                 partitions=settings.topic_partitions,
                 max_message_bytes=2 * settings.max_message_bytes + 64 * 1024,
             ),
-            backoff,
         )
         if created:
             log.info("created topics", topics=created, partitions=settings.topic_partitions)
+        return store, producer, admin
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        try:
+            store, producer, admin = await connect()
+        except StartupAborted:
+            for close in reversed(worker._closers):  # what did connect, in reverse order
+                with contextlib.suppress(Exception):
+                    await close()
+            raise
 
         config = SystemConfigCache(store.system_config, ttl_s=settings.config_ttl_s)
 
@@ -243,7 +309,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         description="Original key, value and headers of a refused command, plus capture.* headers.",
     )
 
-    app = FastStream(
+    app = WorkerApp(
         broker,
         lifespan=lifespan,
         logger=None,
