@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from worker import __version__
 from worker.interfaces.cli import bench, db, demo, publish, replay, run, stack, tail
 
 app = typer.Typer(
@@ -13,6 +16,24 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"capture-worker {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Kafka-to-PostgreSQL capture worker and its operator tools."""
+
+
 app.add_typer(stack.app, name="stack")
 db.register(app)
 run.register(app)
