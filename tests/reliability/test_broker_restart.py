@@ -1,0 +1,76 @@
+"""Scenario 3: the Kafka broker restarts (`capture-worker stack restart kafka`) mid-stream.
+
+While the broker is away the worker can neither fetch, publish results nor commit: a batch in
+flight fails to publish or to commit and must be retried or redelivered, never skipped, and
+/readyz must say that Kafka is down. Needs the native stack (it stops the shared broker).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.e2e.conftest import WorkerSetup
+from tests.reliability.conftest import (
+    ReadinessWatch,
+    Scenario,
+    add_stream_with_poison,
+    applied,
+    assert_alive,
+    ready,
+    stack,
+    topics_of,
+    wait_done,
+    wait_until,
+)
+from tests.reliability.kafka_io import feed
+from tests.reliability.tally import Sent, tally
+from tests.support.streams import make_stream
+
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("native_stack")]
+
+SEED = 3307
+
+
+async def test_kafka_restart_mid_stream(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    rng = random.Random(SEED)
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    add_stream_with_poison(sent, make_stream(3000, users=12, seed=SEED).valid, rng)
+    before, after = sent.items[:2000], sent.items[2000:]
+
+    worker = worker_setup.start()
+    await ready(worker)
+    await feed(topics, before)
+
+    async def mid_stream() -> bool:
+        return await applied(worker_setup.database_url) >= 400
+
+    await wait_until(mid_stream, timeout_s=60, what="400 applied", workers=(worker,))
+    with ReadinessWatch(worker, "kafka") as watch:
+        at_restart = await applied(worker_setup.database_url)
+        await stack("restart", "kafka")
+        faults = 1
+        assert_alive(worker)
+        # The rest of the stream goes to the restarted broker.
+        await feed(topics, after)
+        await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
+    assert watch.down_seen, f"/readyz never reported kafka down ({watch.samples} samples)"
+    assert at_restart < len(before) - 16, "the restart did not land mid-stream"
+    await ready(worker, 30)
+    assert worker.terminate() == 0, worker.tail_log()
+
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("broker restart mid-stream", summary, sent, faults=faults)

@@ -1,0 +1,84 @@
+"""Scenario 1: the worker is SIGKILLed at random moments, three times, while a stream arrives.
+
+SIGKILL leaves no chance to finish a batch or commit: whatever was in flight (database
+committed or not, results published or not, offsets committed or not) is redelivered to the
+next process, and the ledger must turn every redelivery into the identical result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.e2e.conftest import WorkerSetup
+from tests.reliability.conftest import (
+    Scenario,
+    add_stream_with_poison,
+    applied,
+    assert_alive,
+    topics_of,
+    wait_done,
+    wait_until,
+)
+from tests.reliability.kafka_io import feed
+from tests.reliability.tally import Sent, tally
+from tests.support.streams import make_stream
+
+pytestmark = pytest.mark.reliability
+
+SEED = 1105
+COMMANDS = 5000
+#: Each kill lands somewhere in its own third of the stream (seeded), so the three are spread out.
+KILL_WINDOWS = ((0.10, 0.30), (0.40, 0.60), (0.70, 0.90))
+
+
+async def test_sigkill_three_times_mid_stream(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    rng = random.Random(SEED)
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    add_stream_with_poison(sent, make_stream(COMMANDS, users=16, seed=SEED).valid, rng)
+    total = len(sent.valid_ids)
+
+    # Paced: the stream is still arriving while the first kills happen.
+    feeder = asyncio.create_task(feed(topics, sent.items, chunk=1000, pause_s=0.5))
+    worker = worker_setup.start()
+    faults = 0
+    for low, high in KILL_WINDOWS:
+        target = int(total * rng.uniform(low, high))
+        current = worker
+
+        async def due(w=current, target=target) -> bool:
+            # Kill only a worker that is processing (not one still joining the group).
+            return await applied(worker_setup.database_url) >= target and (
+                w.metric("capture_messages_total") > 0
+            )
+
+        await wait_until(due, timeout_s=120, what=f"{target} applied", workers=(current,))
+        await asyncio.sleep(
+            rng.uniform(0.0, 0.5)
+        )  # anywhere in the fetch/ingest/publish/commit cycle
+        assert_alive(current)
+        current.kill()
+        faults += 1
+        worker = worker_setup.start()
+
+    assert await feeder == len(sent.items)
+    await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
+    assert_alive(worker)
+    assert worker.terminate() == 0, worker.tail_log()
+
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("crash: SIGKILL x3 during 5,000 commands", summary, sent, faults=faults)

@@ -1,0 +1,124 @@
+"""Scenario 4: PostgreSQL restarts mid-stream, and PostgreSQL is unreachable for 30 seconds.
+
+A connection lost mid-transaction leaves the batch either committed or not (the reply may be
+lost either way): the worker must retry it, the ledger answers a committed one with the stored
+results. While the database is away nothing may go to the DLQ, the process must stay up, and
+/readyz must say that PostgreSQL is down. Needs the native stack (it stops the shared server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.e2e.conftest import WorkerSetup
+from tests.reliability.conftest import (
+    ReadinessWatch,
+    Scenario,
+    add_stream_with_poison,
+    applied,
+    assert_alive,
+    ready,
+    stack,
+    topics_of,
+    wait_done,
+    wait_until,
+)
+from tests.reliability.kafka_io import feed
+from tests.reliability.tally import Sent, tally
+from tests.support.streams import make_stream
+
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("native_stack")]
+
+OUTAGE_S = 30.0
+
+
+async def test_postgres_restart_mid_stream(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    seed = 4408
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    add_stream_with_poison(sent, make_stream(2500, users=12, seed=seed).valid, random.Random(seed))
+
+    worker = worker_setup.start()
+    await ready(worker)
+    await feed(topics, sent.items)
+
+    async def mid_stream() -> bool:
+        return await applied(worker_setup.database_url) >= 400
+
+    await wait_until(mid_stream, timeout_s=60, what="400 applied", workers=(worker,))
+    with ReadinessWatch(worker, "postgresql") as watch:
+        at_restart = await applied(worker_setup.database_url)
+        await stack("restart", "postgres")
+        faults = 1
+        await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
+    assert at_restart < len(sent.valid_ids), "the restart did not land mid-stream"
+    assert watch.down_seen, f"/readyz never reported postgresql down ({watch.samples} samples)"
+    assert worker.metric("capture_retries_total") > 0
+    await ready(worker, 30)
+    assert worker.terminate() == 0, worker.tail_log()
+
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("PostgreSQL restart mid-stream", summary, sent, faults=faults)
+
+
+async def test_postgres_unreachable_for_30_seconds(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    seed = 4509
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    add_stream_with_poison(sent, make_stream(1500, users=8, seed=seed).valid, random.Random(seed))
+    before, during = sent.items[:800], sent.items[800:]
+
+    worker = worker_setup.start()
+    await ready(worker)
+    await feed(topics, before)
+
+    async def half() -> bool:
+        return await applied(worker_setup.database_url) >= 300
+
+    await wait_until(half, timeout_s=60, what="300 applied", workers=(worker,))
+    with ReadinessWatch(worker, "postgresql") as watch:
+        await stack("stop", "postgres")
+        stopped = time.monotonic()
+        faults = 1
+        try:
+            # Commands keep arriving while the database is away; they must wait, not fail
+            # (tally() checks that no valid command ever reached the DLQ).
+            await feed(topics, during)
+            while time.monotonic() - stopped < OUTAGE_S:
+                assert_alive(worker)
+                await asyncio.sleep(1.0)
+            assert watch.down_seen, "/readyz never reported the outage"
+        finally:
+            await stack("start", "postgres")
+        await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
+    await ready(worker, 30)
+    assert worker.metric("capture_retries_total") > 0
+    assert worker.terminate() == 0, worker.tail_log()
+
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("PostgreSQL unreachable for 30 s", summary, sent, faults=faults)

@@ -1,0 +1,89 @@
+"""Scenario 2: scale-out and rebalance. Two workers share a 6-partition topic, a third joins
+mid-stream, then one of the three is SIGKILLed; the group hands its partitions to the others.
+
+A rebalance moves partitions between members with batches possibly in flight: a partition's
+new owner starts from the last committed offset, so the ledger sees redeliveries, and per-user
+order must survive the move (the digest would show a reordering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.e2e.conftest import WorkerSetup
+from tests.reliability.conftest import (
+    Scenario,
+    add_stream_with_poison,
+    assert_alive,
+    ready,
+    topics_of,
+    wait_done,
+    wait_until,
+)
+from tests.reliability.kafka_io import feed
+from tests.reliability.tally import Sent, tally
+from tests.support.streams import make_stream
+from tests.support.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.reliability
+
+SEED = 2206
+
+
+def processed(worker: WorkerProcess) -> float:
+    return worker.metric("capture_messages_total")
+
+
+async def test_two_then_three_workers_then_one_killed(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    rng = random.Random(SEED)
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    # 24 users: every one of the 6 partitions carries traffic, so every member gets work.
+    add_stream_with_poison(sent, make_stream(3000, users=24, seed=SEED).valid, rng)
+
+    workers = [worker_setup.start(), worker_setup.start()]
+    await asyncio.gather(*(ready(w) for w in workers))
+    # Paced over ~25 s: the stream outlasts the join, the kill and the takeover.
+    feeder = asyncio.create_task(feed(topics, sent.items, chunk=100, pause_s=0.8))
+
+    async def all_busy() -> bool:
+        return all(processed(w) > 0 for w in workers)
+
+    await wait_until(all_busy, timeout_s=60, what="both workers processing", workers=(*workers,))
+    workers.append(worker_setup.start())
+    await wait_until(
+        all_busy, timeout_s=60, what="third worker got partitions", workers=(*workers,)
+    )
+
+    victim = rng.choice(workers)
+    survivors = tuple(w for w in workers if w is not victim)
+    before = sum(processed(w) for w in survivors)
+    assert not feeder.done(), "the stream ended before the kill: pace the feeder slower"
+    assert_alive(victim)
+    victim.kill()
+    faults = 1
+
+    assert await feeder == len(sent.items)
+    await wait_done(topics, sent, worker_setup.database_url, workers=survivors)
+    # The survivors did the rest, including the victim's partitions (else nothing would finish).
+    assert sum(processed(w) for w in survivors) > before
+    assert_alive(*survivors)
+    for w in survivors:
+        assert w.terminate() == 0, w.tail_log()
+
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("scale-out 2 -> 3 workers, one SIGKILLed", summary, sent, faults=faults)

@@ -1,0 +1,103 @@
+"""Scenario 5: one user's rows are locked for 10 s while everyone else keeps capturing.
+
+`ingest_batch` serialises per user with `pg_advisory_xact_lock(uuid_hash_extended(user_id, 0))`
+(sql/migrations/0002_functions.sql). The test takes that same lock in an open transaction, as a
+long transaction of another writer would. The locked user's commands must wait (nothing may
+time out into the DLQ) and finish once the lock is released, while users on other partitions
+keep flowing: one slow user must not stall the whole worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from tests.e2e.conftest import WorkerSetup
+from tests.reliability.conftest import (
+    Scenario,
+    assert_alive,
+    ready,
+    topics_of,
+    wait_done,
+    wait_until,
+)
+from tests.reliability.kafka_io import count, feed, read
+from tests.reliability.tally import Sent, tally
+from tests.support.streams import make_stream
+
+pytestmark = pytest.mark.reliability
+
+SEED = 5510
+LOCK_S = 10.0
+USER_LOCK = "SELECT pg_advisory_xact_lock(uuid_hash_extended($1::uuid, 0))"
+
+
+async def applied_per_user(database_url: str) -> Counter[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT user_id::text, count(*) FROM capture.signals GROUP BY 1")
+        return Counter({r[0]: int(r[1]) for r in rows})
+    finally:
+        await conn.close()
+
+
+async def test_one_user_locked_for_10_s_others_flow(
+    worker_setup: WorkerSetup,
+    fresh_database: Callable[[], Awaitable[str]],
+    scenario: Scenario,
+) -> None:
+    topics = topics_of(worker_setup)
+    sent = Sent()
+    sent.add_valid(make_stream(2000, users=12, seed=SEED).valid)
+    per_user = Counter(json.loads(line)["user_id"] for line in dict.fromkeys(sent.valid))
+    locked_user = random.Random(SEED).choice(sorted(per_user))
+
+    holder = await asyncpg.connect(worker_setup.database_url)
+    lock = holder.transaction()
+    await lock.start()
+    await holder.execute(USER_LOCK, locked_user)
+    faults = 1
+    try:
+        worker = worker_setup.start()
+        await ready(worker)
+        await feed(topics, sent.items)
+        fed = time.monotonic()
+        partition = {r.key: r.partition for r in await read(topics, topics.commands)}
+        blocked = partition[locked_user.encode()]
+        free = {u: n for u, n in per_user.items() if partition[u.encode()] != blocked}
+        assert free, "every user landed on the locked user's partition: pick another seed"
+
+        async def others_done() -> bool:
+            done = await applied_per_user(worker_setup.database_url)
+            return all(done[u] >= n for u, n in free.items())
+
+        # Everyone on the other partitions finishes while the lock is still held.
+        await wait_until(
+            others_done, timeout_s=LOCK_S, what="users on other partitions", workers=(worker,)
+        )
+        # Hold the full time: the locked user's retries must keep waiting, not give up.
+        await asyncio.sleep(max(0.0, LOCK_S - (time.monotonic() - fed)))
+        assert (await applied_per_user(worker_setup.database_url))[locked_user] == 0
+        assert await count(topics, topics.dlq) == 0
+        assert_alive(worker)
+    finally:
+        await lock.rollback()
+        await holder.close()
+
+    await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
+    assert worker.terminate() == 0, worker.tail_log()
+    summary = await tally(
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        reference_url=await fresh_database(),
+        faults=faults,
+    )
+    scenario.finish("one user locked for 10 s", summary, sent, faults=faults)
