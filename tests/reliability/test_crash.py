@@ -31,8 +31,9 @@ pytestmark = pytest.mark.reliability
 
 SEED = 1105
 COMMANDS = 5000
-#: Each kill lands somewhere in its own third of the stream (seeded), so the three are spread out.
-KILL_WINDOWS = ((0.10, 0.30), (0.40, 0.60), (0.70, 0.90))
+#: Each kill lands in its own window of the stream (seeded), so the three are spread out and
+#: the last one still leaves a quarter of the stream to the last worker.
+KILL_WINDOWS = ((0.10, 0.25), (0.35, 0.50), (0.60, 0.75))
 
 
 async def test_sigkill_three_times_mid_stream(
@@ -61,11 +62,11 @@ async def test_sigkill_three_times_mid_stream(
             )
 
         await wait_until(due, timeout_s=120, what=f"{target} applied", workers=(current,))
-        await asyncio.sleep(
-            rng.uniform(0.0, 0.5)
-        )  # anywhere in the fetch/ingest/publish/commit cycle
+        # Then a random instant more: anywhere in the fetch/ingest/publish/commit cycle.
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
         assert_alive(current)
         current.kill()
+        assert await applied(worker_setup.database_url) < total, "killed after the stream ended"
         faults += 1
         worker = worker_setup.start()
 
