@@ -42,9 +42,27 @@ class Settings(BaseSettings):
         "earliest", validation_alias=_env("CAPTURE_AUTO_OFFSET_RESET")
     )
     batch_size: int = Field(100, ge=1, le=10000, validation_alias=_env("CAPTURE_BATCH_SIZE"))
-    batch_linger_ms: int = Field(20, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
+    # How long a poll waits when no partition has records (FastStream then sleeps as long
+    # again): a partition resumed meanwhile waits for it, so it adds to latency, not batching.
+    batch_linger_ms: int = Field(5, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
+    # Room for a whole fetch of every partition (see partition_fetch_bytes): a poll cut short
+    # leaves the rest of a partition's fetch to be dropped and fetched again.
     max_poll_records: int = Field(
-        500, ge=1, le=100000, validation_alias=_env("CAPTURE_MAX_POLL_RECORDS")
+        3000, ge=1, le=100000, validation_alias=_env("CAPTURE_MAX_POLL_RECORDS")
+    )
+    producer_linger_ms: int = Field(
+        5,
+        ge=0,
+        validation_alias=_env("CAPTURE_PRODUCER_LINGER_MS"),
+        description="How long the producer waits to fill a batch before sending it.",
+    )
+    fetch_partition_bytes: int | None = Field(
+        None,
+        ge=1024,
+        validation_alias=_env("CAPTURE_FETCH_PARTITION_BYTES"),
+        description="Bytes fetched per partition and request, so at most this much of a "
+        "partition is handled at a time. Default: about four CAPTURE_BATCH_SIZE batches of "
+        "commands of CAPTURE_EMBEDDING_DIM numbers.",
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
     db_lock_timeout_ms: int = Field(

@@ -26,7 +26,7 @@ RETRIES = Counter(
 )
 BATCH_SECONDS = Histogram(
     "capture_batch_seconds",
-    "Time to handle one fetched batch: database, result publish and commit.",
+    "Time to handle one partition's records of a fetch: database and result publish.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
@@ -38,7 +38,7 @@ HANDLER_SECONDS = Histogram(
 )
 BATCH_SIZE = Histogram(
     "capture_batch_size",
-    "Messages per fetched batch.",
+    "Messages handled together: one partition's records of a fetch.",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
     registry=REGISTRY,
 )

@@ -34,5 +34,5 @@ def producer_options(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": True,
         "max_request_size": settings.max_message_bytes + 64 * 1024,
-        "linger_ms": 5,
+        "linger_ms": settings.producer_linger_ms,
     }

@@ -3,6 +3,12 @@
 Ack policy is MANUAL: an offset is committed only after the database commit
 and Kafka's acknowledgement of every result and dead-letter record of the
 batch. FastStream's default (ACK_FIRST) would be at-most-once.
+
+The subscriber only deals out what it fetched: each partition's records go to
+that partition's lane (`PartitionLanes`), and the partition is paused until its
+lane has published them; its offset is then committed in the background
+(`OffsetCommitter`). Partitions never wait for each other, so the database
+works on all of them at once instead of waiting for the slowest of a batch.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import IllegalStateError
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -39,9 +46,10 @@ from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.http import Health
 from worker.interfaces.kafka.consumer import (
     BatchProcessor,
+    OffsetCommitter,
     PartitionHold,
+    PartitionLanes,
     RetriesExhausted,
-    commit,
     observe_batch,
     record_lag,
 )
@@ -49,6 +57,8 @@ from worker.interfaces.kafka.publisher import OutcomePublisher
 from worker.interfaces.kafka.security import broker_security
 
 log = get_logger(__name__)
+
+FETCH_MAX_WAIT_MS = 50
 
 StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], Awaitable[None]]]]]
 
@@ -82,8 +92,11 @@ async def _safe_parser(
 ) -> StreamMessage[Any]:
     # FastStream's parser decodes every header as UTF-8; a poison header would
     # raise before our handler could dead-letter it. Parse header-less copies
-    # and hand the handler the untouched originals.
-    message = await original(tuple(dataclasses.replace(r, headers=()) for r in records))
+    # and hand the handler the untouched originals. Of a batch it only needs the
+    # first and last record (the message id); copying every record cost more than
+    # the rest of FastStream's work per batch.
+    ends = records if len(records) <= 2 else (records[0], records[-1])
+    message = await original(tuple(dataclasses.replace(r, headers=()) for r in ends))
     message.raw_message = records
     return message
 
@@ -168,6 +181,9 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     )
     health = Health()
     hold = PartitionHold()
+    lanes = PartitionLanes()
+    committer = OffsetCommitter(backoff)
+    stopping = asyncio.Event()
 
     async def connect() -> tuple[CaptureStore, AIOKafkaProducer, AIOKafkaAdminClient]:
         stop = app.exit_requested
@@ -263,7 +279,11 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         ack_policy=AckPolicy.MANUAL,
         max_records=settings.max_poll_records,
         batch_timeout_ms=settings.batch_linger_ms,
-        max_partition_fetch_bytes=2 * settings.max_message_bytes + 64 * 1024,
+        max_partition_fetch_bytes=partition_fetch_bytes(settings),
+        # Lanes resume partitions one at a time; a resumed partition's records wait for the
+        # fetch in flight, which the broker holds up to this long when none of the partitions
+        # it asks for has new records (Kafka's default, 500 ms, showed in the tail latency).
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         parser=_safe_parser,
         decoder=_no_decode,
         title="capture-commands",
@@ -275,26 +295,58 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
         if not records or worker.processor is None:
             return
+        consumer: Any = message.consumer
+        groups: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        for r in records:
+            groups.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        for tp, group in groups.items():
+            if stopping.is_set() or lanes.busy(tp):
+                # Not handled now: rewind so these records are fetched again, and pause (no
+                # spinning on them). A busy lane means a rebalance handed the partition back,
+                # unpaused, while its previous records were in flight; that lane resumes it
+                # when done. When stopping, the next owner takes it from the last commit.
+                with contextlib.suppress(IllegalStateError):
+                    consumer.seek(tp, group[0].offset)
+                    consumer.pause(tp)
+                continue
+            # One group in flight per partition: paused, the partition brings no new records
+            # until this group is published and committed, which keeps its order.
+            consumer.pause(tp)
+            lanes.start(tp, handle_partition(consumer, tp, group))
+
+    async def handle_partition(
+        consumer: Any, tp: TopicPartition, group: list[ConsumerRecord[Any, Any]]
+    ) -> None:
+        assert worker.processor is not None
         started = time.perf_counter()
         try:
-            processed = await worker.processor.process(records)
+            processed = await worker.processor.process(group)
         except RetriesExhausted as exc:
             log.error("giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping", reason=str(exc))
-            await message.nack()
+            with contextlib.suppress(IllegalStateError):
+                consumer.seek(tp, group[0].offset)
             worker.exit_code = 3
             app.exit()
             return
         except Exception:
-            # A bug, not the message's fault: rewind so the batch is seen again,
+            # A bug, not the message's fault: rewind so the records are seen again,
             # and slow down rather than spin.
-            log.exception("unexpected error; batch will be redelivered", messages=len(records))
-            await message.nack()
+            log.exception("unexpected error; records will be redelivered", messages=len(group))
+            with contextlib.suppress(IllegalStateError):
+                consumer.seek(tp, group[0].offset)
             await asyncio.sleep(backoff.max_s)
+            _resume(consumer, tp)
             return
-        hold.hold(message.consumer, processed.stalled)
-        await commit(message.ack, backoff)
-        record_lag(message.consumer, records)
-        observe_batch(len(records), started)
+        if processed.stalled:
+            hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
+        else:
+            # This partition's offset only (other partitions' records may be in flight),
+            # committed in the background: the partition goes on meanwhile.
+            committer.mark(consumer, tp, group[-1].offset + 1)
+            _resume(consumer, tp)
+        if tp in consumer.assignment():  # its high-water mark is known only while assigned
+            record_lag(consumer, group)
+        observe_batch(len(group), started)
 
     # Documentation only (AsyncAPI): the worker writes with its own producer.
     broker.publisher(
@@ -336,9 +388,32 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     async def _stopping() -> None:
         health.consuming = False
         log.info("worker stopping: finishing in-flight batch, committing, leaving the group")
+        # Before the broker stops the consumer: the lanes still need it to commit.
+        stopping.set()
+        await lanes.drain(settings.shutdown_timeout_s)
+        await committer.close()
 
     worker = Worker(settings=settings, app=app, broker=broker, health=health)
     return worker
+
+
+def partition_fetch_bytes(settings: Settings) -> int:
+    """How much one fetch takes from a partition: the most of it handled at a time.
+
+    About four database batches: enough that a partition's fetch, publish and commit are paid
+    once per several ingest_batch calls, small enough that a partition returns to the fetcher
+    often. A record larger than this still comes, alone (Kafka returns the first record batch
+    whatever its size, KIP-74), so an oversize poison message still reaches the DLQ.
+    """
+    if settings.fetch_partition_bytes is not None:
+        return settings.fetch_partition_bytes
+    # A command is ~11 bytes per embedding number plus ~400 of other fields; round up.
+    return max(64 * 1024, 4 * settings.batch_size * (12 * settings.embedding_dim + 512))
+
+
+def _resume(consumer: Any, tp: TopicPartition) -> None:
+    with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+        consumer.resume(tp)
 
 
 def _stage_dependency(stage: str) -> str:

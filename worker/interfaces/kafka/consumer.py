@@ -243,3 +243,89 @@ def observe_batch(size: int, started: float) -> None:
     metrics.BATCH_SIZE.observe(size)
     if size:
         metrics.HANDLER_SECONDS.observe(elapsed / size)
+
+
+class PartitionLanes:
+    """One task per partition with records in flight, so that partitions never wait for each
+    other: a partition's next records are fetched and handled as soon as its own previous ones
+    are published (their offset is committed in the background), whatever the other
+    partitions are doing.
+
+    Handling a whole fetched batch and only then fetching the next one made every partition
+    wait for the slowest of the batch; with users spread unevenly over partitions the database
+    then worked on one or two partitions at a time most of the time, where it could on all.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+
+    def busy(self, tp: TopicPartition) -> bool:
+        task = self._tasks.get(tp)
+        return task is not None and not task.done()
+
+    def start(self, tp: TopicPartition, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks[tp] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(tp) is done:
+                del self._tasks[tp]
+
+        task.add_done_callback(forget)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for the partitions in flight to finish (publish and commit included)."""
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+
+class OffsetCommitter:
+    """Commits the lanes' offsets in the background, every partition's in one request.
+
+    A lane hands over its partition's next offset once the results of its records are
+    acknowledged, and goes on with the partition's next records; waiting for the commit itself
+    cost every partition a round trip to the group coordinator per batch (~20 ms here, six
+    lanes queuing for it), which was a third of a batch's time at a steady rate.
+    """
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._pending: dict[TopicPartition, int] = {}
+        self._consumer: Any = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, consumer: Any, tp: TopicPartition, next_offset: int) -> None:
+        """Records before `next_offset` are processed and their results acknowledged."""
+        self._consumer = consumer
+        self._pending[tp] = max(next_offset, self._pending.get(tp, 0))
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                await self._flush()
+            if self._closing and not self._pending:
+                return
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        consumer = self._consumer
+        # A partition revoked meanwhile is its new owner's to commit.
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in pending.items() if tp in assigned}
+        if offsets:
+            await commit(lambda: consumer.commit(offsets), self._backoff)
+
+    async def close(self) -> None:
+        """Commit what is pending (the lanes are drained by then) and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
