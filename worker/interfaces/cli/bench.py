@@ -700,8 +700,14 @@ async def _resources(settings: Settings) -> AsyncIterator[Resources]:
 async def run_bench(
     settings: Settings, options: BenchOptions, *, show_progress: bool
 ) -> dict[str, Any]:
+    # Imported here: FastStream is slow to import, and only the worker phases need it.
+    from worker.interfaces.kafka.app import partition_fetch_bytes  # noqa: PLC0415
+
     began = time.perf_counter()
     partitions = settings.topic_partitions
+    fetch_bytes = partition_fetch_bytes(
+        settings.model_copy(update={"batch_size": options.batch, "embedding_dim": options.dim})
+    )
     naive_total = min(options.messages, options.naive_messages)
     async with AsyncExitStack() as stack:
         resources = await stack.enter_async_context(_resources(settings))
@@ -835,6 +841,7 @@ async def run_bench(
             "batch_linger_ms": settings.batch_linger_ms,
             "db_pool_size": settings.db_pool_size,
             "producer_linger_ms": producer_options(settings)["linger_ms"],
+            "fetch_partition_bytes": fetch_bytes,
         },
         "machine": machine,
         "seconds": round(time.perf_counter() - began, 1),
@@ -888,7 +895,8 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(
         f"[dim]worker: batch {ws['batch_size']}, max poll {ws['max_poll_records']}, "
         f"linger {ws['batch_linger_ms']} ms, pool {ws['db_pool_size']}, producer linger "
-        f"{ws['producer_linger_ms']} ms[/]"
+        f"{ws['producer_linger_ms']} ms, fetch {ws['fetch_partition_bytes'] // 1024} KiB "
+        "per partition[/]"
     )
     console.print(
         f"[dim]machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
