@@ -32,8 +32,8 @@ pytestmark = pytest.mark.reliability
 SEED = 1105
 COMMANDS = 5000
 #: Each kill lands in its own window of the stream (seeded), so the three are spread out and
-#: the last one still leaves a quarter of the stream to the last worker.
-KILL_WINDOWS = ((0.10, 0.25), (0.35, 0.50), (0.60, 0.75))
+#: the last one still leaves about a third of the stream to the last worker.
+KILL_WINDOWS = ((0.08, 0.20), (0.30, 0.45), (0.55, 0.70))
 
 
 async def test_sigkill_three_times_mid_stream(
