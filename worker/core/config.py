@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(100, ge=1, le=10000, validation_alias=_env("CAPTURE_BATCH_SIZE"))
     # How long a poll waits when no partition has records (FastStream then sleeps as long
     # again): a partition resumed meanwhile waits for it, so it adds to latency, not batching.
-    batch_linger_ms: int = Field(5, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
+    # 10 ms: an idle worker polls ~50 times a second (4.5% of a core here; 20 ms: 3.4%).
+    batch_linger_ms: int = Field(10, ge=0, validation_alias=_env("CAPTURE_BATCH_LINGER_MS"))
     # Room for a whole fetch of every partition (see partition_fetch_bytes): a poll cut short
     # leaves the rest of a partition's fetch to be dropped and fetched again.
     max_poll_records: int = Field(
