@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -59,20 +60,109 @@ async def test_close_without_marks_commits_nothing() -> None:
     await committer.close()
 
 
-async def test_lanes_are_busy_until_their_work_ends_and_drain_waits_for_them() -> None:
-    lanes = PartitionLanes()
-    gate = asyncio.Event()
-    finished: list[TopicPartition] = []
+class LaneConsumer(FakeConsumer):
+    def __init__(self) -> None:
+        super().__init__({P0, P1})
+        self.paused: set[TopicPartition] = set()
 
-    async def work(tp: TopicPartition) -> None:
-        await gate.wait()
-        finished.append(tp)
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused.add(tp)
 
-    lanes.start(P0, work(P0))
-    lanes.start(P1, work(P1))
+    def resume(self, tp: TopicPartition) -> None:
+        self.paused.discard(tp)
+
+
+class Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def records(*offsets: int) -> list[Any]:
+    return [Record(o) for o in offsets]
+
+
+class Handler:
+    """Handles what it is given; waits at `gate`; answers `ok` (False: rewound)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[TopicPartition, list[int]]] = []
+        self.gate = asyncio.Event()
+        self.ok = True
+
+    async def __call__(self, consumer: Any, tp: TopicPartition, group: list[Any]) -> int | None:
+        self.calls.append((tp, [r.offset for r in group]))
+        await self.gate.wait()
+        return None if self.ok else group[0].offset
+
+
+async def test_records_queued_while_a_lane_works_are_handled_next_together_in_order() -> None:
+    handler, consumer = Handler(), LaneConsumer()
+    lanes = PartitionLanes(handler, max_queued=100)
+    lanes.submit(consumer, P0, records(0, 1))
     await asyncio.sleep(0)
-    assert lanes.busy(P0) and lanes.busy(P1) and not lanes.busy(P2)
-    gate.set()
-    await lanes.drain(timeout_s=1.0)
-    assert sorted(finished) == [P0, P1]
+    lanes.submit(consumer, P0, records(2, 3))  # fetched while the lane works
+    lanes.submit(consumer, P0, records(4))
+    lanes.submit(consumer, P1, records(0))  # another partition does not wait for P0
+    await asyncio.sleep(0)
+    assert handler.calls == [(P0, [0, 1]), (P1, [0])]
+    handler.gate.set()
+    await asyncio.sleep(0.01)
+    assert handler.calls == [(P0, [0, 1]), (P1, [0]), (P0, [2, 3, 4])]
     assert not lanes.busy(P0) and not lanes.busy(P1)
+
+
+async def test_a_full_queue_pauses_its_partition_until_the_lane_takes_it() -> None:
+    handler, consumer = Handler(), LaneConsumer()
+    lanes = PartitionLanes(handler, max_queued=3)
+    lanes.submit(consumer, P0, records(0))
+    await asyncio.sleep(0)
+    lanes.submit(consumer, P0, records(1, 2, 3))
+    assert consumer.paused == {P0}
+    handler.gate.set()
+    await asyncio.sleep(0.01)
+    assert consumer.paused == set()
+    assert handler.calls == [(P0, [0]), (P0, [1, 2, 3])]
+
+
+async def test_a_rewound_partition_drops_what_was_queued() -> None:
+    handler, consumer = Handler(), LaneConsumer()
+    handler.ok = False
+    lanes = PartitionLanes(handler, max_queued=100)
+    lanes.submit(consumer, P0, records(0, 1))
+    await asyncio.sleep(0)
+    lanes.submit(consumer, P0, records(2))  # fetched before the rewind: comes again
+    handler.gate.set()
+    await asyncio.sleep(0.01)
+    assert handler.calls == [(P0, [0, 1])]
+    handler.ok = True
+    lanes.submit(consumer, P0, records(0, 1, 2))  # after the rewind
+    await asyncio.sleep(0.01)
+    assert handler.calls == [(P0, [0, 1]), (P0, [0, 1, 2])]
+
+
+async def test_records_fetched_before_a_rewind_but_handed_over_after_it_are_dropped() -> None:
+    handler, consumer = Handler(), LaneConsumer()
+    handler.ok = False
+    lanes = PartitionLanes(handler, max_queued=100)
+    lanes.submit(consumer, P0, records(10, 11))
+    handler.gate.set()
+    await asyncio.sleep(0.01)  # rewound to 10
+    handler.ok = True
+    lanes.submit(consumer, P0, records(12, 13))  # was on its way: would skip 10 and 11
+    lanes.submit(consumer, P0, records(10, 11, 12, 13))  # the fetch from the rewind point
+    lanes.submit(consumer, P0, records(14))
+    await asyncio.sleep(0.01)
+    assert handler.calls == [(P0, [10, 11]), (P0, [10, 11, 12, 13, 14])]
+
+
+async def test_drain_finishes_the_records_in_hand_and_leaves_the_queued() -> None:
+    handler, consumer = Handler(), LaneConsumer()
+    lanes = PartitionLanes(handler, max_queued=100)
+    lanes.submit(consumer, P0, records(0))
+    await asyncio.sleep(0)
+    lanes.submit(consumer, P0, records(1))
+    draining = asyncio.create_task(lanes.drain(timeout_s=1.0))
+    await asyncio.sleep(0)
+    handler.gate.set()
+    await draining
+    assert handler.calls == [(P0, [0])]

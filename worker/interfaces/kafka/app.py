@@ -4,11 +4,12 @@ Ack policy is MANUAL: an offset is committed only after the database commit
 and Kafka's acknowledgement of every result and dead-letter record of the
 batch. FastStream's default (ACK_FIRST) would be at-most-once.
 
-The subscriber only deals out what it fetched: each partition's records go to
-that partition's lane (`PartitionLanes`), and the partition is paused until its
-lane has published them; its offset is then committed in the background
-(`OffsetCommitter`). Partitions never wait for each other, so the database
-works on all of them at once instead of waiting for the slowest of a batch.
+The subscriber only deals out what it fetched: each partition's records are
+queued for that partition's lane (`PartitionLanes`), which handles them in
+order and publishes the results; the offset is then committed in the
+background (`OffsetCommitter`). Partitions never wait for each other, so the
+database works on all of them at once instead of waiting for the slowest of a
+batch, and a partition's next records are fetched while its lane works.
 """
 
 from __future__ import annotations
@@ -181,7 +182,6 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     )
     health = Health()
     hold = PartitionHold()
-    lanes = PartitionLanes()
     committer = OffsetCommitter(backoff)
     stopping = asyncio.Event()
 
@@ -300,53 +300,52 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         for r in records:
             groups.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
         for tp, group in groups.items():
-            if stopping.is_set() or lanes.busy(tp):
-                # Not handled now: rewind so these records are fetched again, and pause (no
-                # spinning on them). A busy lane means a rebalance handed the partition back,
-                # unpaused, while its previous records were in flight; that lane resumes it
-                # when done. When stopping, the next owner takes it from the last commit.
+            if stopping.is_set():
+                # Not handled: the next owner takes them from the last commit.
                 with contextlib.suppress(IllegalStateError):
-                    consumer.seek(tp, group[0].offset)
                     consumer.pause(tp)
                 continue
-            # One group in flight per partition: paused, the partition brings no new records
-            # until this group is published and committed, which keeps its order.
-            consumer.pause(tp)
-            lanes.start(tp, handle_partition(consumer, tp, group))
+            lanes.submit(consumer, tp, group)
 
     async def handle_partition(
         consumer: Any, tp: TopicPartition, group: list[ConsumerRecord[Any, Any]]
-    ) -> None:
+    ) -> int | None:
+        """One partition's records, in order; the offset it was rewound to, if it was."""
         assert worker.processor is not None
+        if tp not in consumer.assignment():
+            return None  # revoked: its new owner resumes from the last commit
+        first: int = group[0].offset
         started = time.perf_counter()
         try:
             processed = await worker.processor.process(group)
         except RetriesExhausted as exc:
             log.error("giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping", reason=str(exc))
-            with contextlib.suppress(IllegalStateError):
-                consumer.seek(tp, group[0].offset)
+            _rewind(consumer, tp, first)
             worker.exit_code = 3
             app.exit()
-            return
+            return first
         except Exception:
             # A bug, not the message's fault: rewind so the records are seen again,
             # and slow down rather than spin.
             log.exception("unexpected error; records will be redelivered", messages=len(group))
-            with contextlib.suppress(IllegalStateError):
-                consumer.seek(tp, group[0].offset)
+            _rewind(consumer, tp, first)
             await asyncio.sleep(backoff.max_s)
-            _resume(consumer, tp)
-            return
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(tp)
+            return first
         if processed.stalled:
             hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
-        else:
-            # This partition's offset only (other partitions' records may be in flight),
-            # committed in the background: the partition goes on meanwhile.
-            committer.mark(consumer, tp, group[-1].offset + 1)
-            _resume(consumer, tp)
+            return processed.stalled[(tp.topic, tp.partition)].offset
+        # This partition's offset only (other partitions' records may be in flight),
+        # committed in the background: the partition goes on meanwhile.
+        committer.mark(consumer, tp, group[-1].offset + 1)
         if tp in consumer.assignment():  # its high-water mark is known only while assigned
             record_lag(consumer, group)
         observe_batch(len(group), started)
+        return None
+
+    # A partition pauses when a fetch's worth of its records waits for its lane.
+    lanes = PartitionLanes(handle_partition, max_queued=4 * settings.batch_size)
 
     # Documentation only (AsyncAPI): the worker writes with its own producer.
     broker.publisher(
@@ -411,9 +410,11 @@ def partition_fetch_bytes(settings: Settings) -> int:
     return max(64 * 1024, 4 * settings.batch_size * (12 * settings.embedding_dim + 512))
 
 
-def _resume(consumer: Any, tp: TopicPartition) -> None:
+def _rewind(consumer: Any, tp: TopicPartition, offset: int) -> None:
+    """Pause and seek back: the records from `offset` come again once resumed."""
     with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-        consumer.resume(tp)
+        consumer.pause(tp)
+        consumer.seek(tp, offset)
 
 
 def _stage_dependency(stage: str) -> str:

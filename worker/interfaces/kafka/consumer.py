@@ -37,6 +37,10 @@ class Publisher(Protocol):
     async def publish(self, outcomes: Sequence[Outcome]) -> None: ...
 
 
+# Handles one partition's records in order; returns the offset it rewound the partition to.
+Handle = Callable[[Any, TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[int | None]]
+
+
 class RetriesExhausted(Exception):
     """CAPTURE_RETRY_MAX_ATTEMPTS reached: the worker stops rather than skip a message."""
 
@@ -246,38 +250,81 @@ def observe_batch(size: int, started: float) -> None:
 
 
 class PartitionLanes:
-    """One task per partition with records in flight, so that partitions never wait for each
-    other: a partition's next records are fetched and handled as soon as its own previous ones
-    are published (their offset is committed in the background), whatever the other
-    partitions are doing.
+    """One task per partition with records to handle, so that partitions never wait for each
+    other, and a queue per partition, so that its next records are fetched while the current
+    ones are handled.
 
     Handling a whole fetched batch and only then fetching the next one made every partition
     wait for the slowest of the batch; with users spread unevenly over partitions the database
     then worked on one or two partitions at a time most of the time, where it could on all.
+
+    A lane takes everything queued for its partition at once, in offset order, and hands it
+    to `handle`, which returns the offset it rewound the partition to (a transient failure:
+    the records from there come again), or None. After a rewind what is queued is dropped,
+    and so is any record still on its way that was fetched before the rewind: FastStream
+    awaits between fetching a batch and handing it over, so such records can arrive after
+    it; they start past the rewind point, while the fetch from the rewind point starts at it
+    (or earlier, after a rebalance). A partition with `max_queued` records waiting is paused
+    until its lane takes them: memory stays bounded and a slow partition holds no other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Handle, *, max_queued: int) -> None:
+        self._handle = handle
+        self._max_queued = max(1, max_queued)
+        self._queued: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        self._paused: set[TopicPartition] = set()
+        self._rewound: dict[TopicPartition, int] = {}
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._stopping = False
 
     def busy(self, tp: TopicPartition) -> bool:
         task = self._tasks.get(tp)
         return task is not None and not task.done()
 
-    def start(self, tp: TopicPartition, work: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
-        self._tasks[tp] = task
+    def submit(
+        self, consumer: Any, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        rewound = self._rewound.get(tp)
+        if rewound is not None:
+            if records[0].offset > rewound:
+                return  # fetched before the rewind: they come again
+            del self._rewound[tp]
+        queued = self._queued.setdefault(tp, [])
+        queued.extend(records)
+        if len(queued) >= self._max_queued and tp not in self._paused:
+            with contextlib.suppress(IllegalStateError):
+                consumer.pause(tp)
+                self._paused.add(tp)
+        if not self.busy(tp):
+            task = asyncio.create_task(self._run(consumer, tp))
+            self._tasks[tp] = task
+            task.add_done_callback(lambda done: self._forget(tp, done))
 
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._tasks.get(tp) is done:
-                del self._tasks[tp]
+    def _forget(self, tp: TopicPartition, done: asyncio.Task[None]) -> None:
+        if self._tasks.get(tp) is done:
+            del self._tasks[tp]
 
-        task.add_done_callback(forget)
+    async def _run(self, consumer: Any, tp: TopicPartition) -> None:
+        while self._queued.get(tp) and not self._stopping:
+            records = self._queued.pop(tp)
+            if tp in self._paused:
+                self._paused.discard(tp)
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    consumer.resume(tp)
+            rewound = await self._handle(consumer, tp, records)
+            if rewound is not None:
+                # Rewound (and paused by whoever rewound it): the queue is stale.
+                self._queued.pop(tp, None)
+                self._paused.discard(tp)
+                self._rewound[tp] = rewound
+                return
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait for the partitions in flight to finish (publish and commit included)."""
-        pending = [t for t in self._tasks.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout_s)
+        """Finish the records being handled (publish included); leave the queued ones."""
+        self._stopping = True
+        running = [t for t in self._tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
 
 
 class OffsetCommitter:
