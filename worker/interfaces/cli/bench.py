@@ -937,7 +937,7 @@ def register(app: typer.Typer) -> None:
         """Throughput and latency of the worker against PostgreSQL's ceiling, in one run.
 
         Creates its own databases (needs a role that may CREATE DATABASE) and topics, and drops
-        them at the end. About 3 to 6 minutes with the defaults on a 2-core machine.
+        them at the end. About 2 to 3 minutes with the defaults on a 2-core machine.
         """
         settings = get_settings()
         configure_logging(settings.log_format, "WARNING")
