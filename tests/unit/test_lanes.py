@@ -63,13 +63,16 @@ async def test_close_without_marks_commits_nothing() -> None:
 class LaneConsumer(FakeConsumer):
     def __init__(self) -> None:
         super().__init__({P0, P1})
-        self.paused: set[TopicPartition] = set()
+        self.paused_now: set[TopicPartition] = set()
 
     def pause(self, tp: TopicPartition) -> None:
-        self.paused.add(tp)
+        self.paused_now.add(tp)
 
     def resume(self, tp: TopicPartition) -> None:
-        self.paused.discard(tp)
+        self.paused_now.discard(tp)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_now)
 
 
 class Record:
@@ -92,7 +95,10 @@ class Handler:
     async def __call__(self, consumer: Any, tp: TopicPartition, group: list[Any]) -> int | None:
         self.calls.append((tp, [r.offset for r in group]))
         await self.gate.wait()
-        return None if self.ok else group[0].offset
+        if self.ok:
+            return None
+        consumer.pause(tp)  # as a rewind does, until its backoff is over
+        return int(group[0].offset)
 
 
 async def test_records_queued_while_a_lane_works_are_handled_next_together_in_order() -> None:
@@ -117,10 +123,10 @@ async def test_a_full_queue_pauses_its_partition_until_the_lane_takes_it() -> No
     lanes.submit(consumer, P0, records(0))
     await asyncio.sleep(0)
     lanes.submit(consumer, P0, records(1, 2, 3))
-    assert consumer.paused == {P0}
+    assert consumer.paused_now == {P0}
     handler.gate.set()
     await asyncio.sleep(0.01)
-    assert consumer.paused == set()
+    assert consumer.paused_now == set()
     assert handler.calls == [(P0, [0]), (P0, [1, 2, 3])]
 
 
@@ -135,6 +141,7 @@ async def test_a_rewound_partition_drops_what_was_queued() -> None:
     await asyncio.sleep(0.01)
     assert handler.calls == [(P0, [0, 1])]
     handler.ok = True
+    consumer.resume(P0)
     lanes.submit(consumer, P0, records(0, 1, 2))  # after the rewind
     await asyncio.sleep(0.01)
     assert handler.calls == [(P0, [0, 1]), (P0, [0, 1, 2])]
@@ -149,10 +156,26 @@ async def test_records_fetched_before_a_rewind_but_handed_over_after_it_are_drop
     await asyncio.sleep(0.01)  # rewound to 10
     handler.ok = True
     lanes.submit(consumer, P0, records(12, 13))  # was on its way: would skip 10 and 11
+    consumer.resume(P0)  # the backoff is over
     lanes.submit(consumer, P0, records(10, 11, 12, 13))  # the fetch from the rewind point
     lanes.submit(consumer, P0, records(14))
     await asyncio.sleep(0.01)
     assert handler.calls == [(P0, [10, 11]), (P0, [10, 11, 12, 13, 14])]
+
+
+async def test_after_the_backoff_a_fetch_past_the_rewind_point_is_taken() -> None:
+    # Retention may have removed the rewind point meanwhile: the partition must go on.
+    handler, consumer = Handler(), LaneConsumer()
+    handler.ok = False
+    lanes = PartitionLanes(handler, max_queued=100)
+    lanes.submit(consumer, P0, records(10, 11))
+    handler.gate.set()
+    await asyncio.sleep(0.01)
+    handler.ok = True
+    consumer.resume(P0)
+    lanes.submit(consumer, P0, records(15, 16))
+    await asyncio.sleep(0.01)
+    assert handler.calls == [(P0, [10, 11]), (P0, [15, 16])]
 
 
 async def test_drain_finishes_the_records_in_hand_and_leaves_the_queued() -> None:

@@ -263,9 +263,10 @@ class PartitionLanes:
     the records from there come again), or None. After a rewind what is queued is dropped,
     and so is any record still on its way that was fetched before the rewind: FastStream
     awaits between fetching a batch and handing it over, so such records can arrive after
-    it; they start past the rewind point, while the fetch from the rewind point starts at it
-    (or earlier, after a rebalance). A partition with `max_queued` records waiting is paused
-    until its lane takes them: memory stays bounded and a slow partition holds no other.
+    it, while the partition is still paused; they start past the rewind point, while the
+    fetch from the rewind point starts at it (or earlier, after a rebalance). A partition
+    with `max_queued` records waiting is paused until its lane takes them: memory stays
+    bounded and a slow partition holds no other.
     """
 
     def __init__(self, handle: Handle, *, max_queued: int) -> None:
@@ -286,8 +287,11 @@ class PartitionLanes:
     ) -> None:
         rewound = self._rewound.get(tp)
         if rewound is not None:
-            if records[0].offset > rewound:
+            if records[0].offset > rewound and tp in consumer.paused():
                 return  # fetched before the rewind: they come again
+            # Resumed (a rewind pauses for at least half its backoff, far longer than a
+            # batch's way through FastStream), so this is the fetch from the rewind point;
+            # it may start later than that point only if retention removed it meanwhile.
             del self._rewound[tp]
         queued = self._queued.setdefault(tp, [])
         queued.extend(records)
