@@ -32,6 +32,9 @@ lint: install
 	$(BIN)/ruff format --check worker contracts tests
 	$(BIN)/mypy
 
+bench: up
+	$(CW) bench $(BENCH_ARGS)
+
 schemas: install
 	$(BIN)/python -m contracts.generate
 
