@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     )
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
 
+    @property
+    def record_room_bytes(self) -> int:
+        """Room for the largest record the worker must still read and dead-letter.
+
+        Twice the command limit: an oversize command has to reach the DLQ, not get stuck
+        in a fetch or a topic that refuses it.
+        """
+        return 2 * self.max_message_bytes + 64 * 1024
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

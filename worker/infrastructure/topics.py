@@ -9,25 +9,35 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 _TOPIC_ALREADY_EXISTS = 36
 
 
+async def cluster_replication_factor(admin: AIOKafkaAdminClient) -> int:
+    """3 where the cluster has the brokers for it, else as many as it has."""
+    brokers = (await admin.describe_cluster()).get("brokers", [])
+    return max(1, min(3, len(brokers)))
+
+
 async def ensure_topics(
     admin: AIOKafkaAdminClient,
     names: Iterable[str],
     *,
     partitions: int,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     max_message_bytes: int | None = None,
 ) -> list[str]:
-    """Create each missing topic; return the names created."""
+    """Create each missing topic; return the names created.
+
+    Without a replication factor, the cluster decides (`cluster_replication_factor`): one
+    on a single local broker, three in production.
+    """
     existing = set(await admin.list_topics())
     configs = {"max.message.bytes": str(max_message_bytes)} if max_message_bytes else {}
-    missing = [
-        NewTopic(name, partitions, replication_factor, topic_configs=configs)
-        for name in dict.fromkeys(names)
-        if name not in existing
-    ]
+    missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return []
-    response = await admin.create_topics(missing)
+    if replication_factor is None:
+        replication_factor = await cluster_replication_factor(admin)
+    response = await admin.create_topics(
+        [NewTopic(name, partitions, replication_factor, topic_configs=configs) for name in missing]
+    )
     created: list[str] = []
     for entry in response.topic_errors:
         name, code = entry[0], entry[1]

@@ -249,7 +249,7 @@ class Resources:
                 admin,
                 names,
                 partitions=self.settings.topic_partitions,
-                max_message_bytes=2 * self.settings.max_message_bytes + 64 * 1024,
+                max_message_bytes=self.settings.record_room_bytes,
             )
         finally:
             await admin.close()
@@ -282,7 +282,7 @@ class TopicReader:
             **connection_options(settings),
             group_id=None,
             enable_auto_commit=False,
-            max_partition_fetch_bytes=2 * settings.max_message_bytes + 64 * 1024,
+            max_partition_fetch_bytes=settings.record_room_bytes,
         )
         self._tps: list[TopicPartition] = []
 

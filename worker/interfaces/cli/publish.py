@@ -166,11 +166,6 @@ class PublishReport:
         }
 
 
-async def _replication_factor(admin: AIOKafkaAdminClient) -> int:
-    brokers = (await admin.describe_cluster()).get("brokers", [])
-    return max(1, min(3, len(brokers)))
-
-
 async def ensure_topic(settings: Settings, topic: str) -> bool:
     """Create the topic with the production partition count, if missing; True if created."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
@@ -180,9 +175,8 @@ async def ensure_topic(settings: Settings, topic: str) -> bool:
             admin,
             [topic],
             partitions=settings.topic_partitions,
-            replication_factor=await _replication_factor(admin),
             # As the worker creates it: room for oversize poison to reach its DLQ.
-            max_message_bytes=2 * settings.max_message_bytes + 64 * 1024,
+            max_message_bytes=settings.record_room_bytes,
         )
     finally:
         await admin.close()

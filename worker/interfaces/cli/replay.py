@@ -114,7 +114,7 @@ async def replay(
         **connection_options(settings),
         group_id=None,
         enable_auto_commit=False,
-        max_partition_fetch_bytes=2 * settings.max_message_bytes + 64 * 1024,
+        max_partition_fetch_bytes=settings.record_room_bytes,
     )
     producer = None
     try:

@@ -221,7 +221,7 @@ class Tail:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # DLQ records may be oversize commands: let the largest through.
-            max_partition_fetch_bytes=2 * self.settings.max_message_bytes + 64 * 1024,
+            max_partition_fetch_bytes=self.settings.record_room_bytes,
         )
         await consumer.start()
         try:

@@ -207,7 +207,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
                 admin,
                 [settings.commands_topic, settings.results_topic, settings.dlq_topic],
                 partitions=settings.topic_partitions,
-                max_message_bytes=2 * settings.max_message_bytes + 64 * 1024,
+                max_message_bytes=settings.record_room_bytes,
             ),
         )
         if created:
