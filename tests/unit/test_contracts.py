@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import DEFAULT_EMBEDDING_DIM, CaptureArtifactCommand, CaptureResult
+from contracts import commands as commands_module
+from contracts.commands import url_problem
 from contracts.generate import SCHEMA_DIR, rendered_schemas, stale_files
 
 
@@ -241,3 +243,28 @@ def test_result_example_round_trips() -> None:
     example = CaptureResult.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
     result = CaptureResult.model_validate_json(json.dumps(example))
     assert CaptureResult.model_validate_json(result.model_dump_json()) == result
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(commands_module._PLAIN_HTTP_URL, fullmatch=True))
+def test_the_url_fast_path_accepts_only_what_the_full_check_accepts(url: str) -> None:
+    assert url_problem(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/",  # unbalanced IPv6 bracket: urlsplit refuses it
+        "https://user@/path",  # a netloc without a host
+        "https://ex\u0430mple.com/",  # non-ASCII host: the full check decides
+        "https://example.com\\a b",
+    ],
+)
+def test_urls_off_the_fast_path_get_the_full_check(url: str) -> None:
+    assert commands_module._PLAIN_HTTP_URL.fullmatch(url) is None
+    problem = url_problem(url)
+    if problem is None:
+        assert parse(valid(url=url)).url == url
+    else:
+        with pytest.raises(ValidationError, match="url"):
+            parse(valid(url=url))

@@ -46,6 +46,26 @@ async def test_offsets_marked_while_a_commit_is_in_flight_go_out_together_in_the
     assert consumer.commits == [{P0: 10}, {P0: 20, P1: 5}]
 
 
+async def test_commits_are_an_interval_apart_and_close_does_not_wait_for_it() -> None:
+    consumer = FakeConsumer({P0, P1})
+    committer = OffsetCommitter(backoff(), interval_s=0.2)
+    committer.mark(consumer, P0, 10)
+    await asyncio.sleep(0.05)  # the first commit went out at once
+    assert consumer.commits == [{P0: 10}]
+    committer.mark(consumer, P0, 20)
+    committer.mark(consumer, P1, 5)
+    await asyncio.sleep(0.05)  # still inside the interval: nothing new sent
+    assert consumer.commits == [{P0: 10}]
+    await asyncio.sleep(0.2)
+    assert consumer.commits == [{P0: 10}, {P0: 20, P1: 5}]
+    committer.mark(consumer, P1, 9)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await committer.close()  # inside the next interval, yet commits at once
+    assert loop.time() - began < 0.15
+    assert consumer.commits[-1] == {P1: 9}
+
+
 async def test_a_partition_revoked_meanwhile_is_not_committed() -> None:
     consumer = FakeConsumer({P0})
     committer = OffsetCommitter(backoff())

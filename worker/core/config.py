@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         validation_alias=_env("CAPTURE_PRODUCER_LINGER_MS"),
         description="How long the producer waits to fill a batch before sending it.",
     )
+    commit_interval_ms: int = Field(
+        100,
+        ge=0,
+        validation_alias=_env("CAPTURE_COMMIT_INTERVAL_MS"),
+        description="Least time between two offset commits; what is processed meanwhile goes "
+        "out in the next one. A crash redelivers at most this much more (the ledger makes that "
+        "harmless); 0 commits as soon as the previous commit returns.",
+    )
     fetch_partition_bytes: int | None = Field(
         None,
         ge=1024,

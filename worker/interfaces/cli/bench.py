@@ -18,6 +18,9 @@ dropped at the end, with one pre-generated command stream of N commands:
 
 b_kafka and e2e are timed the same way (start of consumption to the last result's timestamp),
 so their numbers compare. The e2e database must end in the state b_sql produced (same digest).
+Every timed phase starts after a sync(2), so none pays for the disk writes of the one before.
+With `--rounds R`, b_sql and e2e are measured R times, each e2e right after its own b_sql on
+fresh databases; the report gives medians, e2e/b_sql the median of the R paired ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +104,7 @@ class BenchOptions:
     seed: int = 1
     naive_messages: int = 3000
     latency_seconds: float = 12.0
+    rounds: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,12 +393,29 @@ async def _publish(
 # -- the phases --------------------------------------------------------------------------------
 
 
+async def settle() -> None:
+    """Write the previous phases' dirty pages out before timing the next one.
+
+    Kafka's logs and PostgreSQL's data files reach the disk through the page cache; a phase
+    leaves tens of megabytes dirty that the kernel writes back some 30 s later, in one burst.
+    A database commit that lands in such a burst waits behind it for its WAL flush (up to
+    ~0.5 s on this kind of virtual disk), so without this a phase paid, at random, for the
+    I/O of the one before it.
+    """
+    await asyncio.to_thread(os.sync)
+
+
 async def bench_sql(
-    url: str, streams: Sequence[Sequence[Command]], *, batch: int, phases: Phases
+    url: str,
+    streams: Sequence[Sequence[Command]],
+    *,
+    batch: int,
+    phases: Phases,
+    label: str = "",
 ) -> tuple[float, dict[str, ResultObject | PermanentError], str]:
     """P concurrent streams of ingest_batch calls; returns (seconds, results by text, digest)."""
     total = sum(len(s) for s in streams)
-    task = phases.start("b_sql    PostgreSQL only", total)
+    task = phases.start(f"b_sql    PostgreSQL only{label}", total)
     pool = await create_pool(url, min_size=len(streams), max_size=len(streams))
     results: dict[str, ResultObject | PermanentError] = {}
     done = 0
@@ -533,8 +555,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def bench_e2e(worker: WorkerRun, reader: TopicReader, *, total: int, phases: Phases) -> float:
-    task = phases.start("e2e      the worker process", total)
+async def bench_e2e(
+    worker: WorkerRun, reader: TopicReader, *, total: int, phases: Phases, label: str = ""
+) -> float:
+    task = phases.start(f"e2e      the worker process{label}", total)
     worker.start()
     started = await worker.wait_ready()
     await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
@@ -697,6 +721,17 @@ async def _resources(settings: Settings) -> AsyncIterator[Resources]:
         await resources.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Round:
+    b_sql_per_s: float
+    e2e_per_s: float
+    same_state: bool
+
+    @property
+    def ratio(self) -> float:
+        return _ratio(self.e2e_per_s, self.b_sql_per_s)
+
+
 async def run_bench(
     settings: Settings, options: BenchOptions, *, show_progress: bool
 ) -> dict[str, Any]:
@@ -721,24 +756,25 @@ async def run_bench(
             )
         )
         commands = commands_of(lines)
+        streams = split_by_partition(commands, partitions)
         await resources.make_template(dim=options.dim, index=options.index)
-        sql_url = await resources.clone("sql")
-        e2e_url = await resources.clone("e2e")
+        sql_urls = [await resources.clone(f"sql{r}") for r in range(options.rounds)]
+        e2e_urls = [await resources.clone(f"e2e{r}") for r in range(options.rounds)]
         naive_url = await resources.clone("naive")
-        topics = await resources.make_topics(
-            "commands", "results", "dlq", "kafka-results", "kafka-dlq", "naive-results"
+        commands_topic, kafka_results, kafka_dlq, naive_results = await resources.make_topics(
+            "commands", "kafka-results", "kafka-dlq", "naive-results"
         )
-        commands_topic, results, dlq, kafka_results, kafka_dlq, naive_results = topics
-        machine = await _machine(settings, sql_url)
+        machine = await _machine(settings, sql_urls[0])
         phases.done(task)
 
+        def label(r: int) -> str:
+            return f" (round {r + 1}/{options.rounds})" if options.rounds > 1 else ""
+
+        await settle()
         sql_seconds, recorded, sql_digest = await bench_sql(
-            sql_url,
-            split_by_partition(commands, partitions),
-            batch=options.batch,
-            phases=phases,
+            sql_urls[0], streams, batch=options.batch, phases=phases, label=label(0)
         )
-        b_sql = options.messages / sql_seconds
+        b_sql_first = options.messages / sql_seconds
 
         task = phases.start("publish  the commands", options.messages)
         published = time.perf_counter()
@@ -755,6 +791,7 @@ async def run_bench(
                 "embedding_dim": options.dim,
             }
         )
+        await settle()
         b_kafka = await bench_kafka(
             worker_settings.model_copy(
                 update={
@@ -770,26 +807,45 @@ async def run_bench(
         del recorded
 
         log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-bench-"))
-        worker = WorkerRun(
-            env={
-                "DATABASE_URL": e2e_url,
-                "CAPTURE_COMMANDS_TOPIC": commands_topic,
-                "CAPTURE_RESULTS_TOPIC": results,
-                "CAPTURE_DLQ_TOPIC": dlq,
-                "CAPTURE_CONSUMER_GROUP": f"cw-bench-e2e-{resources.run_id}",
-                "CAPTURE_BATCH_SIZE": str(options.batch),
-                "CAPTURE_EMBEDDING_DIM": str(options.dim),
-            },
-            log_path=Path(log_dir) / "worker.log",
-            port=_free_port(),
-        )
-        stack.push_async_callback(worker.stop)
-        reader = TopicReader(settings, results)
-        await reader.start()
-        stack.push_async_callback(reader.stop)
-        e2e = await bench_e2e(worker, reader, total=options.messages, phases=phases)
-        e2e_digest = await _digest(e2e_url)
+        rounds: list[Round] = []
+        for r in range(options.rounds):
+            b_sql = b_sql_first
+            if r:
+                await settle()
+                sql_seconds, _, digest = await bench_sql(
+                    sql_urls[r], streams, batch=options.batch, phases=phases, label=label(r)
+                )
+                if digest != sql_digest:
+                    raise BenchError("b_sql: two rounds ended in different database states")
+                b_sql = options.messages / sql_seconds
+            results, dlq = await resources.make_topics(f"results{r}", f"dlq{r}")
+            worker = WorkerRun(
+                env={
+                    "DATABASE_URL": e2e_urls[r],
+                    "CAPTURE_COMMANDS_TOPIC": commands_topic,
+                    "CAPTURE_RESULTS_TOPIC": results,
+                    "CAPTURE_DLQ_TOPIC": dlq,
+                    "CAPTURE_CONSUMER_GROUP": f"cw-bench-e2e{r}-{resources.run_id}",
+                    "CAPTURE_BATCH_SIZE": str(options.batch),
+                    "CAPTURE_EMBEDDING_DIM": str(options.dim),
+                },
+                log_path=Path(log_dir) / f"worker{r}.log",
+                port=_free_port(),
+            )
+            stack.push_async_callback(worker.stop)
+            reader = TopicReader(settings, results)
+            await reader.start()
+            stack.push_async_callback(reader.stop)
+            await settle()
+            e2e = await bench_e2e(
+                worker, reader, total=options.messages, phases=phases, label=label(r)
+            )
+            rounds.append(Round(b_sql, e2e, await _digest(e2e_urls[r]) == sql_digest))
+            if r < options.rounds - 1:
+                await worker.stop()
 
+        b_sql = statistics.median(x.b_sql_per_s for x in rounds)
+        e2e = statistics.median(x.e2e_per_s for x in rounds)
         rate = max(1.0, e2e / 2)
         latency_commands = commands_of(
             list(
@@ -801,8 +857,10 @@ async def run_bench(
                 )
             )
         )
+        await settle()
+        # The last round's worker, idle now, on the same topics.
         latency = await bench_latency(
-            worker_settings.model_copy(update={"commands_topic": commands_topic}),
+            worker_settings,
             worker,
             reader,
             latency_commands,
@@ -811,6 +869,7 @@ async def run_bench(
         )
         await worker.stop()
 
+        await settle()
         naive = await bench_naive(
             settings,
             naive_url,
@@ -833,8 +892,21 @@ async def run_bench(
         "naive_messages": naive_total,
         "publish_per_s": round(publish_rate, 1),
         "latency_ms": latency,
-        "ratios": {"e2e/b_sql": _ratio(e2e, b_sql), "e2e/naive": _ratio(e2e, naive)},
-        "same_state": sql_digest == e2e_digest,
+        "ratios": {
+            # Each round's e2e against the b_sql measured just before it: the machine's speed
+            # drifts between rounds, a pair shares it.
+            "e2e/b_sql": round(statistics.median(x.ratio for x in rounds), 3),
+            "e2e/naive": _ratio(e2e, naive),
+        },
+        "rounds": [
+            {
+                "b_sql_per_s": round(x.b_sql_per_s, 1),
+                "e2e_per_s": round(x.e2e_per_s, 1),
+                "e2e/b_sql": x.ratio,
+            }
+            for x in rounds
+        ],
+        "same_state": all(x.same_state for x in rounds),
         "worker_settings": {
             "batch_size": options.batch,
             "max_poll_records": settings.max_poll_records,
@@ -842,6 +914,7 @@ async def run_bench(
             "db_pool_size": settings.db_pool_size,
             "producer_linger_ms": producer_options(settings)["linger_ms"],
             "fetch_partition_bytes": fetch_bytes,
+            "commit_interval_ms": settings.commit_interval_ms,
         },
         "machine": machine,
         "seconds": round(time.perf_counter() - began, 1),
@@ -879,6 +952,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"one at a time ({report['naive_messages']:,} commands)",
     )
     console.print(table)
+    if len(report["rounds"]) > 1:
+        console.print(
+            "rounds (b_sql → e2e): "
+            + ", ".join(
+                f"{x['b_sql_per_s']:,.0f} → {x['e2e_per_s']:,.0f} ({x['e2e/b_sql']:.2f})"
+                for x in report["rounds"]
+            )
+            + "; medians above"
+        )
     ratios = report["ratios"]
     lat = report["latency_ms"]
     console.print(
@@ -896,7 +978,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"[dim]worker: batch {ws['batch_size']}, max poll {ws['max_poll_records']}, "
         f"linger {ws['batch_linger_ms']} ms, pool {ws['db_pool_size']}, producer linger "
         f"{ws['producer_linger_ms']} ms, fetch {ws['fetch_partition_bytes'] // 1024} KiB "
-        "per partition[/]"
+        f"per partition, commits {ws['commit_interval_ms']} ms apart[/]"
     )
     console.print(
         f"[dim]machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
@@ -929,6 +1011,14 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(min=0.5, help="How long to publish at half the e2e rate.")
         ] = 12.0,
         seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
+        rounds: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Measure b_sql then e2e this many times (fresh databases each) and report "
+                "medians: on a shared machine one pair can be off by 10-20%.",
+            ),
+        ] = 1,
         fmt: Annotated[
             BenchFormat,
             typer.Option("--format", help="A table, or one JSON object on the last line."),
@@ -937,7 +1027,8 @@ def register(app: typer.Typer) -> None:
         """Throughput and latency of the worker against PostgreSQL's ceiling, in one run.
 
         Creates its own databases (needs a role that may CREATE DATABASE) and topics, and drops
-        them at the end. About 2 to 3 minutes with the defaults on a 2-core machine.
+        them at the end. About 2 minutes with the defaults on a 2-core machine, plus about a
+        minute per extra round.
         """
         settings = get_settings()
         configure_logging(settings.log_format, "WARNING")
@@ -953,6 +1044,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             naive_messages=naive_messages,
             latency_seconds=latency_seconds,
+            rounds=rounds,
         )
         try:
             report = asyncio.run(

@@ -337,15 +337,17 @@ class OffsetCommitter:
     A lane hands over its partition's next offset once the results of its records are
     acknowledged, and goes on with the partition's next records; waiting for the commit itself
     cost every partition a round trip to the group coordinator per batch (~20 ms here, six
-    lanes queuing for it), which was a third of a batch's time at a steady rate.
+    lanes queuing for it), which was a third of a batch's time at a steady rate. Commits are
+    at least `interval_s` apart.
     """
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, *, interval_s: float = 0.0) -> None:
         self._backoff = backoff
+        self._interval_s = interval_s
         self._pending: dict[TopicPartition, int] = {}
         self._consumer: Any = None
         self._wake = asyncio.Event()
-        self._closing = False
+        self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def mark(self, consumer: Any, tp: TopicPartition, next_offset: int) -> None:
@@ -362,7 +364,12 @@ class OffsetCommitter:
             self._wake.clear()
             if self._pending:
                 await self._flush()
-            if self._closing and not self._pending:
+                if self._interval_s > 0 and not self._closing.is_set():
+                    # At a steady rate every lane marks several times a second; a commit
+                    # request each time cost the worker and the broker more than the fetches.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), self._interval_s)
+            if self._closing.is_set() and not self._pending:
                 return
 
     async def _flush(self) -> None:
@@ -376,7 +383,7 @@ class OffsetCommitter:
 
     async def close(self) -> None:
         """Commit what is pending (the lanes are drained by then) and stop."""
-        self._closing = True
+        self._closing.set()
         self._wake.set()
         if self._task is not None:
             await self._task

@@ -58,24 +58,28 @@ class OutcomePublisher:
             await asyncio.gather(*pending)
         except KafkaError as exc:
             raise TransientError(f"kafka publish failed: {exc!r}") from exc
+        rejected = 0
+        debug = debug_enabled()
         for outcome in outcomes:
             if outcome.error is not None:
+                rejected += 1
                 metrics.DLQ.labels(kind=outcome.error.kind.value).inc()
-                metrics.MESSAGES.labels(status="rejected").inc()
-            else:
-                metrics.MESSAGES.labels(status="ingested").inc()
+            elif debug:
                 # Per-message success lines only at DEBUG: at thousands per second
                 # they would cost more than the work they describe.
-                if debug_enabled():
-                    env = outcome.envelope
-                    log.debug(
-                        "command ingested",
-                        command_id=str(outcome.command_id),
-                        user_id=str(outcome.user_id),
-                        topic=env.topic,
-                        partition=env.partition,
-                        offset=env.offset,
-                    )
+                env = outcome.envelope
+                log.debug(
+                    "command ingested",
+                    command_id=str(outcome.command_id),
+                    user_id=str(outcome.user_id),
+                    topic=env.topic,
+                    partition=env.partition,
+                    offset=env.offset,
+                )
+        if rejected:
+            metrics.MESSAGES.labels(status="rejected").inc(rejected)
+        if len(outcomes) > rejected:
+            metrics.MESSAGES.labels(status="ingested").inc(len(outcomes) - rejected)
 
     async def _send_dlq(self, outcome: Outcome) -> asyncio.Future[Any]:
         env = outcome.envelope
