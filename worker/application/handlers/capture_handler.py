@@ -132,24 +132,29 @@ async def handle_capture_batch(
 ) -> list[Outcome]:
     """Handle one partition's records, in order. TransientError propagates: retry the whole call."""
     outcomes: list[Outcome | None] = [None] * len(envelopes)
-    accepted: list[tuple[int, CaptureArtifactCommand]] = []
+    # Only the ids are kept, not the validated command: its embedding (a list of hundreds of
+    # floats) then dies at once instead of living through the database call, where the
+    # cyclic GC had to walk every one of them (collections of 100 ms and more).
+    accepted: list[tuple[int, UUID, UUID]] = []
     for index, envelope in enumerate(envelopes):
         try:
-            accepted.append((index, decode_command(envelope, limits)))
+            command = decode_command(envelope, limits)
         except PermanentError as error:
             outcomes[index] = _reject(envelope, error)
+        else:
+            accepted.append((index, command.user_id, command.command_id))
 
     size = max(1, limits.db_batch_size)
     for start in range(0, len(accepted), size):
         chunk = accepted[start : start + size]
-        texts = [(envelopes[i].value or b"").decode() for i, _ in chunk]
+        texts = [(envelopes[i].value or b"").decode() for i, _, _ in chunk]
         replies = await _ingest_isolated(store, texts)
-        for (index, command), reply in zip(chunk, replies, strict=True):
+        for (index, user_id, command_id), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
                 outcome = _reject(envelope, reply)
             else:
-                outcome = Outcome(envelope, reply, None, command.user_id, command.command_id)
+                outcome = Outcome(envelope, reply, None, user_id, command_id)
             outcomes[index] = outcome
 
     done = [o for o in outcomes if o is not None]
