@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CW := $(BIN)/capture-worker
+# Three b_sql/e2e pairs: one pair on a shared machine can be off by 10-20%.
+BENCH_ARGS ?= --rounds 3
 
 .PHONY: install up demo test lint down status reliability bench schemas docs clean
 
