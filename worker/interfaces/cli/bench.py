@@ -861,6 +861,7 @@ async def run_bench(
             rounds.append(Round(b_sql, e2e, await _digest(e2e_urls[r]) == sql_digest))
             if r < options.rounds - 1:
                 await worker.stop()
+                await reader.stop()
                 await resources.drop(e2e_urls[r])
 
         b_sql = statistics.median(x.b_sql_per_s for x in rounds)
