@@ -167,14 +167,21 @@ async def test_a_rewound_partition_drops_what_was_queued() -> None:
     assert handler.calls == [(P0, [0, 1]), (P0, [0, 1, 2])]
 
 
-async def test_records_fetched_before_a_rewind_but_handed_over_after_it_are_dropped() -> None:
+async def lane_rewound_after(*offsets: int) -> tuple[Handler, LaneConsumer, PartitionLanes]:
+    """A lane whose handling of `offsets` failed: P0 is rewound to the first of them and
+    paused; the handler succeeds from now on."""
     handler, consumer = Handler(), LaneConsumer()
     handler.ok = False
     lanes = PartitionLanes(handler, max_queued=100)
-    lanes.submit(consumer, P0, records(10, 11))
+    lanes.submit(consumer, P0, records(*offsets))
     handler.gate.set()
-    await asyncio.sleep(0.01)  # rewound to 10
+    await asyncio.sleep(0.01)
     handler.ok = True
+    return handler, consumer, lanes
+
+
+async def test_records_fetched_before_a_rewind_but_handed_over_after_it_are_dropped() -> None:
+    handler, consumer, lanes = await lane_rewound_after(10, 11)
     lanes.submit(consumer, P0, records(12, 13))  # was on its way: would skip 10 and 11
     consumer.resume(P0)  # the backoff is over
     lanes.submit(consumer, P0, records(10, 11, 12, 13))  # the fetch from the rewind point
@@ -185,13 +192,7 @@ async def test_records_fetched_before_a_rewind_but_handed_over_after_it_are_drop
 
 async def test_after_the_backoff_a_fetch_past_the_rewind_point_is_taken() -> None:
     # Retention may have removed the rewind point meanwhile: the partition must go on.
-    handler, consumer = Handler(), LaneConsumer()
-    handler.ok = False
-    lanes = PartitionLanes(handler, max_queued=100)
-    lanes.submit(consumer, P0, records(10, 11))
-    handler.gate.set()
-    await asyncio.sleep(0.01)
-    handler.ok = True
+    handler, consumer, lanes = await lane_rewound_after(10, 11)
     consumer.resume(P0)
     lanes.submit(consumer, P0, records(15, 16))
     await asyncio.sleep(0.01)
