@@ -30,15 +30,15 @@ reliability: up
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m reliability -p no:randomly $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check worker contracts tests
-	$(BIN)/ruff format --check worker contracts tests
+	$(BIN)/ruff check worker contracts devkit tests
+	$(BIN)/ruff format --check worker contracts devkit tests
 	$(BIN)/mypy
 
 bench: up
 	$(CW) bench $(BENCH_ARGS)
 
 schemas: install
-	$(BIN)/python -m contracts.generate
+	$(BIN)/python -m contracts.export_schemas
 
 docs: install
 	$(BIN)/faststream docs gen worker.interfaces.kafka.asyncapi:app --out docs/asyncapi.json

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devkit import stack
 from tests.fixtures.services import in_ci
 from tests.support.worker_process import WorkerProcess
-from worker.infrastructure import stack
 
 
 @dataclass

@@ -27,9 +27,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from contracts import headers as dlq
+from devkit.synthetic import generate_lines
 from tests.fixtures.services import MakeTopic
 from tests.support.kafka import read_all
-from worker.interfaces.cli.generate import generate_lines
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from devkit.stack.process import pid_alive, port_open
 from tests.fixtures.services import unavailable
-from worker.infrastructure.stack.process import pid_alive, port_open
 
 pytestmark = pytest.mark.e2e
 

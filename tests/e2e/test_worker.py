@@ -18,7 +18,7 @@ from tests.e2e.conftest import WorkerSetup
 from tests.support.kafka import Record, produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 
 async def digest_of(database_url: str) -> str:

@@ -6,7 +6,7 @@ import asyncpg
 
 from worker.core.config_cache import SystemConfigCache
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 
 class Clock:

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
+from devkit.poison import poison_payloads
+
 # The worker fixtures are the e2e ones: fresh database and topics, worker processes, and the
 # guard for tests that stop services. Imported, not copied, so both suites run the same set-up.
 from tests.e2e.conftest import WorkerSetup, native_stack, worker_setup  # noqa: F401
 from tests.reliability.kafka_io import Topics, count, uncommitted
 from tests.reliability.tally import Sent, Summary, readable_command_id
 from tests.support.worker_process import WorkerProcess
-from worker.interfaces.cli.poison import poison_payloads
 
 VALID_HEADERS = [("trace-id", b"t-1")]
 POISON_HEADERS = [("trace-id", b"\xff\xfe raw")]  # not UTF-8: must reach the DLQ untouched

@@ -29,6 +29,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from devkit.poison import poison_payloads
 from tests.fixtures.services import unavailable
 from tests.reliability.conftest import (
     POISON_HEADERS,
@@ -44,7 +45,6 @@ from tests.reliability.kafka_io import Topics, feed
 from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
 from tests.support.worker_process import WorkerProcess, free_port
-from worker.interfaces.cli.poison import poison_payloads
 
 pytestmark = pytest.mark.reliability
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from contracts import ErrorKind
+from devkit.poison import poison_payloads
+from devkit.synthetic import generate_lines
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
-from worker.interfaces.cli.generate import generate_lines
-from worker.interfaces.cli.poison import poison_payloads
+from worker.infrastructure.repository import ArtifactRepository
 
 Header = tuple[str, bytes]
 

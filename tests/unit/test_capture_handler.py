@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from contracts import ErrorKind
-from worker.application.handlers.capture_handler import (
+from worker.application.capture import (
     Limits,
     decode_command,
     handle_capture_batch,

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from contracts import DEFAULT_EMBEDDING_DIM, CaptureArtifactCommand, CaptureResult
 from contracts import commands as commands_module
 from contracts.commands import url_problem
-from contracts.generate import SCHEMA_DIR, rendered_schemas, stale_files
+from contracts.export_schemas import SCHEMA_DIR, rendered_schemas, stale_files
 
 
 def valid(**overrides: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand, ErrorKind
-from worker.interfaces.cli.generate import format_unit_rows, generate_commands, generate_lines
-from worker.interfaces.cli.poison import poison_payloads
+from devkit.poison import poison_payloads
+from devkit.synthetic import format_unit_rows, generate_commands, generate_lines
 
 N = 4000
 

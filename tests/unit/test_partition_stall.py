@@ -11,10 +11,11 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 
-from worker.application.handlers.capture_handler import Limits, Outcome
+from worker.application.batch import BatchProcessor, Stall
+from worker.application.capture import Limits, Outcome
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
-from worker.interfaces.kafka.consumer import BatchProcessor, PartitionHold, Stall
+from worker.interfaces.kafka.consumer import PartitionHold
 
 DIM = 4
 LOCKED_USER = "0d7c3f2a-8e55-4c55-b2a4-1f4a7c0e9b10"

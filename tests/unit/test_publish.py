@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from devkit.synthetic import generate_lines
 from worker.core.config import Settings
-from worker.interfaces.cli.generate import generate_lines
 from worker.interfaces.cli.publish import PublishReport, TokenBucket, check_lines, numbered_lines
 
 DIM = 8

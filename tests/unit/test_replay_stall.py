@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.unit.test_partition_stall import FREE_USER, LOCKED_USER, Published, record
-from worker.application.handlers.capture_handler import Limits
+from worker.application.batch import BatchProcessor
+from worker.application.capture import Limits
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
 from worker.interfaces.cli.replay import _process_fully
-from worker.interfaces.kafka.consumer import BatchProcessor
 
 
 class LockedTwice:

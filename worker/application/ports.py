@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.domain.errors import PermanentError
+
+if TYPE_CHECKING:
+    from worker.application.capture import Outcome
 
 ResultObject = dict[str, Any]
 
@@ -37,3 +40,12 @@ class Envelope:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+
+class Publisher(Protocol):
+    """Kafka, outcome-shaped: results and dead-letter records, acknowledged when this returns.
+
+    Raises TransientError when Kafka did not acknowledge them all (retry the publish).
+    """
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None: ...

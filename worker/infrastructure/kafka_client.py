@@ -6,8 +6,10 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
+from worker.application.ports import Envelope
 from worker.core.config import Settings
 
 
@@ -62,3 +64,10 @@ def producer_options(settings: Settings) -> dict[str, Any]:
         "linger_ms": settings.producer_linger_ms,
         "partitioner": KeyHashPartitioner(),
     }
+
+
+def envelopes(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Envelope]:
+    """Kafka records as the application sees them."""
+    return [
+        Envelope(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records
+    ]

@@ -13,11 +13,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import asyncpg
 
-from worker.core.paths import sql_dir
+from worker import sql
 from worker.domain.errors import ConfigurationError
 from worker.infrastructure.db_errors import is_connection_error, translate_db_errors
 
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS capture.schema_migrations (
 class Migration:
     version: str
     name: str
-    path: Path
+    path: Path | Traversable
     text: str
 
     @property
@@ -62,13 +63,13 @@ class MigrationStatus:
     checksum_ok: bool | None  # None when not applied (or the file is gone)
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
+def load_migrations(directory: Path | Traversable | None = None) -> list[Migration]:
     """The migration files in version order; a duplicated version is a configuration error."""
-    folder = directory or sql_dir() / "migrations"
+    folder = directory or sql.migrations()
     if not folder.is_dir():
         raise ConfigurationError(f"migrations folder not found: {folder}")
     found: dict[str, Migration] = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir(), key=lambda entry: entry.name):
         match = _FILE_NAME.match(path.name)
         if not match:
             continue

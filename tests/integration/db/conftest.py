@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 
 @pytest.fixture(scope="module")

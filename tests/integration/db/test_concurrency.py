@@ -17,7 +17,7 @@ from contracts.results import ErrorKind
 from tests.integration.db.support import as_json, command, new_id, stream, strip_clock, unit
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 CONNECTIONS = 8
 

@@ -23,7 +23,7 @@ from tests.integration.db.support import (
     unit,
 )
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 
 def interleave(commands: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.integration.db.support import BASE_TIME, as_json, command, level_of, new_id, unit
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 rng = np.random.default_rng(303)
 EMBEDDING = unit(rng)

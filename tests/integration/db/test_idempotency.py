@@ -20,7 +20,7 @@ from tests.integration.db.support import (
     unit,
 )
 from worker.domain.errors import PermanentError
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 rng = np.random.default_rng(101)
 

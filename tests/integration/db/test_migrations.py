@@ -16,7 +16,6 @@ import typer
 from typer.testing import CliRunner
 
 from tests.fixtures.database import TemplateDatabase
-from worker.core.paths import sql_dir
 from worker.domain.errors import ConfigurationError
 from worker.infrastructure.db import dsn_with_database
 from worker.infrastructure.migrations import (
@@ -25,6 +24,7 @@ from worker.infrastructure.migrations import (
     migration_status,
 )
 from worker.interfaces.cli.db import register
+from worker.sql import migrations as packaged_migrations
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def test_concurrent_runs_apply_once(empty_db: str) -> None:
 
 async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
-    shutil.copytree(sql_dir() / "migrations", folder)
+    shutil.copytree(str(packaged_migrations()), folder)
     await apply_migrations(empty_db, directory=folder)
     target = folder / "0002_functions.sql"
     target.write_text(target.read_text() + "\n-- an innocent-looking edit\n")
@@ -83,7 +83,7 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
 
     # A new file is the way to change things.
     (folder / "0002_functions.sql").write_text(
-        (sql_dir() / "migrations" / "0002_functions.sql").read_text()
+        (packaged_migrations() / "0002_functions.sql").read_text()
     )
     (folder / "0099_extra.sql").write_text("CREATE TABLE capture.extra_for_test (x int);\n")
     assert await apply_migrations(empty_db, directory=folder) == ["0099_extra.sql"]
@@ -97,7 +97,7 @@ async def test_another_dimension_is_refused(empty_db: str) -> None:
 
 async def test_a_failing_migration_leaves_nothing_behind(empty_db: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
-    shutil.copytree(sql_dir() / "migrations", folder)
+    shutil.copytree(str(packaged_migrations()), folder)
     (folder / "0004_broken.sql").write_text(
         "CREATE TABLE capture.half_done (x int);\nSELECT 1/0;\n"
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.integration.db.support import DIM, as_json, command, new_id, unit
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 CANONICAL = [
     ("HTTPS://Example.COM", "https://example.com/"),

@@ -13,7 +13,7 @@ import pytest
 from contracts.results import ErrorKind
 from tests.integration.db.support import DIM, as_json, command, new_id, table_counts, unit
 from worker.domain.errors import PermanentError
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 rng = np.random.default_rng(202)
 GOOD = command(user_id=new_id(), url="https://example.com/shape", embedding=unit(rng))

@@ -25,7 +25,7 @@ from tests.integration.db.support import (
     unit,
 )
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 
 MARGIN_TOLERANCE = 1e-5  # pgvector accumulates in float32
 

@@ -1,4 +1,4 @@
-"""Database commands: `migrate`, `digest`, `show`, `bench-db`, and `db create-login`.
+"""Database commands: `migrate`, `digest`, `show`, and `db create-login`.
 
 The database URL comes from --database-url or the settings (DATABASE_URL); it holds a
 password, so it is never printed.
@@ -28,8 +28,7 @@ from worker.infrastructure.migrations import (
     load_migrations,
     migration_status,
 )
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
-from worker.interfaces.cli.db_bench import print_report, run_bench
+from worker.infrastructure.repository import ArtifactRepository
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 
 T = TypeVar("T")
@@ -187,41 +186,6 @@ def register(app: typer.Typer) -> None:
             return
         artifacts = _run(_with_repo(dsn, lambda r: r.user_artifacts(user)))
         _print_artifacts(artifacts, output, f"{len(artifacts)} artifact(s) of {user}")
-
-    @app.command("bench-db")
-    def bench_db(
-        *,
-        count: Annotated[int, typer.Option(help="Commands to ingest per run.", min=1)] = 2000,
-        users: Annotated[int, typer.Option(help="Distinct users in the stream.", min=1)] = 20,
-        batch_size: Annotated[
-            int, typer.Option(help="Commands per ingest_batch call.", min=1)
-        ] = 100,
-        dim: Annotated[
-            int | None, typer.Option(help="Embedding dimension (default CAPTURE_EMBEDDING_DIM).")
-        ] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
-        database_url: DatabaseUrl = None,
-        output: Format = OutputFormat.PRETTY,
-    ) -> None:
-        """Raw throughput of the SQL functions, on a fresh temporary database (dropped after).
-
-        Needs a role that may CREATE DATABASE. Measures sequential ingest_with_signal calls and
-        ingest_batch calls, each with and without the HNSW index.
-        """
-        report = _run(
-            run_bench(
-                _url(database_url),
-                count=count,
-                users=users,
-                batch_size=batch_size,
-                dim=dim or get_settings().embedding_dim,
-                seed=seed,
-            )
-        )
-        if output is OutputFormat.JSON:
-            emit_json(report)
-        else:
-            print_report(report)
 
     db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from worker import __version__
-from worker.interfaces.cli import bench, db, demo, publish, replay, run, stack, tail
+from worker.interfaces.cli import db, extensions, publish, replay, run, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -34,14 +34,13 @@ def main(
     """Kafka-to-PostgreSQL capture worker and its operator tools."""
 
 
-app.add_typer(stack.app, name="stack")
-db.register(app)
 run.register(app)
+db.register(app)
 publish.register(app)
 tail.register(app)
 replay.register(app)
-demo.register(app)
-bench.register(app)
+# stack, demo, bench, bench-db: the devkit's, when it is installed with its extras.
+extensions.load(app)
 
 
 if __name__ == "__main__":

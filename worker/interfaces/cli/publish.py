@@ -31,7 +31,7 @@ from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.infrastructure.kafka_client import connection_options, producer_options
 from worker.infrastructure.topics import ensure_topics
-from worker.interfaces.cli.generate import generate_lines
+from worker.interfaces.cli import extensions
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, err_console, fail
 
 EXIT_INVALID = 2
@@ -365,18 +365,24 @@ def publish_command(
             EXIT_INVALID,
         )
 
-    if generate is not None and output is not None:
-        # Generated lines are valid by construction (tested), so they are not re-checked.
-        count = _write_lines(
-            generate_lines(generate, users=users, seed=seed, dim=dimension), output
+    generate_lines = extensions.generator()
+    if generate is not None and generate_lines is None:
+        fail(
+            "--generate needs the devkit's generator: pip install 'capture-worker[bench]'",
+            EXIT_INVALID,
         )
+    if generate is not None and output is not None:
+        assert generate_lines is not None
+        # Generated lines are valid by construction (tested), so they are not re-checked.
+        count = _write_lines(generate_lines(generate, users, seed, dimension), output)
         if output != "-":
             err_console.print(f"wrote {count} commands to {output}")
         return
 
     source: Iterable[tuple[int, bytes]]
     if generate is not None:
-        generated = generate_lines(generate, users=users, seed=seed, dim=dimension)
+        assert generate_lines is not None
+        generated = generate_lines(generate, users, seed, dimension)
         source = enumerate((line.encode() for line in generated), start=1)
     else:
         source = _read_file(str(file))

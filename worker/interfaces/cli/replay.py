@@ -19,19 +19,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from worker.application.handlers.capture_handler import Limits, Outcome
+from worker.application.batch import BatchProcessor
+from worker.application.capture import Limits, Outcome
+from worker.application.ports import Envelope
 from worker.application.retry import Backoff
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.domain.errors import CaptureError
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.kafka_client import connection_options, producer_options
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.kafka_client import connection_options, envelopes, producer_options
+from worker.infrastructure.repository import ArtifactRepository
+from worker.infrastructure.result_publisher import OutcomePublisher
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, err_console, fail
 from worker.interfaces.cli.tail import topic_partitions
 from worker.interfaces.cli.timespec import parse_timestamp, to_millis
-from worker.interfaces.kafka.consumer import BatchProcessor
-from worker.interfaces.kafka.publisher import OutcomePublisher
 
 
 class ReplayError(Exception):
@@ -191,7 +192,7 @@ async def replay(
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
                 if records:
-                    await _process_fully(processor, records)
+                    await _process_fully(processor, envelopes(records))
                     summary.messages += len(records)
                     elapsed = time.perf_counter() - started
                     progress.update(
@@ -209,7 +210,7 @@ async def replay(
         await pool.close()
 
 
-async def _process_fully(processor: BatchProcessor, records: list[Any]) -> None:
+async def _process_fully(processor: BatchProcessor, records: list[Envelope]) -> None:
     """Like the worker, but in place of pausing a stalled partition, wait and redo its rest."""
     pending = records
     while pending:

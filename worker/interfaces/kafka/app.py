@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,27 +33,22 @@ from faststream.specification import AsyncAPI
 
 from contracts import CaptureArtifactCommand, CaptureResult
 from worker import __version__
-from worker.application.handlers.capture_handler import Limits
+from worker.application.batch import BatchProcessor
+from worker.application.capture import Limits
 from worker.application.ports import CaptureStore
 from worker.application.retry import Backoff
 from worker.core.config import Settings
 from worker.core.config_cache import SystemConfigCache
 from worker.core.logging import get_logger
+from worker.domain.errors import CaptureError
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.kafka_client import connection_options, producer_options
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
+from worker.infrastructure.result_publisher import OutcomePublisher
 from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.http import Health
-from worker.interfaces.kafka.consumer import (
-    BatchProcessor,
-    OffsetCommitter,
-    PartitionHold,
-    PartitionLanes,
-    RetriesExhausted,
-    observe_batch,
-    record_lag,
-)
-from worker.interfaces.kafka.publisher import OutcomePublisher
+from worker.interfaces.kafka.consumer import OffsetCommitter, PartitionHold, PartitionLanes
+from worker.interfaces.kafka.runner import PartitionRunner
 from worker.interfaces.kafka.security import broker_security
 
 log = get_logger(__name__)
@@ -82,7 +76,7 @@ class Worker:
     app: FastStream
     broker: KafkaBroker
     health: Health
-    processor: BatchProcessor | None = None
+    runner: PartitionRunner | None = None
     exit_code: int = 0
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -108,7 +102,7 @@ async def _no_decode(message: StreamMessage[Any], original: Any) -> list[Any]:
     return []
 
 
-class StartupAborted(Exception):
+class StartupAborted(CaptureError):
     """SIGTERM/SIGINT arrived while start-up was still waiting for a dependency."""
 
 
@@ -243,7 +237,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         health.probes.update(postgresql=probe_db, kafka=probe_kafka)
         await health.check_once()
         prober = asyncio.create_task(health.run())
-        worker.processor = BatchProcessor(
+        processor = BatchProcessor(
             store=store,
             publisher=OutcomePublisher(
                 producer, results_topic=settings.results_topic, dlq_topic=settings.dlq_topic
@@ -251,6 +245,9 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
             limits=limits,
             backoff=backoff,
             on_transient=lambda _stage: health.up.__setitem__(_stage_dependency(_stage), False),
+        )
+        worker.runner = PartitionRunner(
+            processor, hold=hold, committer=committer, backoff=backoff, on_give_up=give_up
         )
         try:
             yield
@@ -299,7 +296,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         # list); the handler reads the raw records itself.
         message: KafkaMessage = broker.context.get_local("message")
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
-        if not records or worker.processor is None:
+        if not records or worker.runner is None:
             return
         consumer: Any = message.consumer
         groups: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
@@ -313,42 +310,15 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
                 continue
             lanes.submit(consumer, tp, group)
 
+    def give_up() -> None:
+        worker.exit_code = 3
+        app.exit()
+
     async def handle_partition(
         consumer: Any, tp: TopicPartition, group: list[ConsumerRecord[Any, Any]]
     ) -> int | None:
-        """One partition's records, in order; the offset it was rewound to, if it was."""
-        assert worker.processor is not None
-        if tp not in consumer.assignment():
-            return None  # revoked: its new owner resumes from the last commit
-        first: int = group[0].offset
-        started = time.perf_counter()
-        try:
-            processed = await worker.processor.process(group)
-        except RetriesExhausted as exc:
-            log.error("giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping", reason=str(exc))
-            _rewind(consumer, tp, first)
-            worker.exit_code = 3
-            app.exit()
-            return first
-        except Exception:
-            # A bug, not the message's fault: rewind so the records are seen again,
-            # and slow down rather than spin.
-            log.exception("unexpected error; records will be redelivered", messages=len(group))
-            _rewind(consumer, tp, first)
-            await asyncio.sleep(backoff.max_s)
-            with contextlib.suppress(IllegalStateError):
-                consumer.resume(tp)
-            return first
-        if processed.stalled:
-            hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
-            return processed.stalled[(tp.topic, tp.partition)].offset
-        # This partition's offset only (other partitions' records may be in flight),
-        # committed in the background: the partition goes on meanwhile.
-        committer.mark(consumer, tp, group[-1].offset + 1)
-        if tp in consumer.assignment():  # its high-water mark is known only while assigned
-            record_lag(consumer, group)
-        observe_batch(len(group), started)
-        return None
+        assert worker.runner is not None  # lanes get records only once the lifespan set it
+        return await worker.runner(consumer, tp, group)
 
     # A partition pauses when a fetch's worth of its records waits for its lane.
     lanes = PartitionLanes(handle_partition, max_queued=4 * settings.batch_size)
@@ -414,13 +384,6 @@ def partition_fetch_bytes(settings: Settings) -> int:
         return settings.fetch_partition_bytes
     # A command is ~11 bytes per embedding number plus ~400 of other fields; round up.
     return max(64 * 1024, 4 * settings.batch_size * (12 * settings.embedding_dim + 512))
-
-
-def _rewind(consumer: Any, tp: TopicPartition, offset: int) -> None:
-    """Pause and seek back: the records from `offset` come again once resumed."""
-    with contextlib.suppress(IllegalStateError):  # revoked meanwhile
-        consumer.pause(tp)
-        consumer.seek(tp, offset)
 
 
 def _stage_dependency(stage: str) -> str:

@@ -67,17 +67,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from devkit import stack
+from devkit.synthetic import generate_lines
 from worker.application.ports import ResultObject
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.domain.errors import CaptureError, PermanentError
-from worker.infrastructure import stack
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.kafka_client import connection_options, producer_options
 from worker.infrastructure.migrations import apply_migrations
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
+from worker.infrastructure.repository import ArtifactRepository
 from worker.infrastructure.topics import ensure_topics
-from worker.interfaces.cli.generate import generate_lines
 from worker.interfaces.cli.output import console, emit_json, err_console, fail
 from worker.interfaces.cli.publish import PUBLISH_BATCH_BYTES, TokenBucket
 

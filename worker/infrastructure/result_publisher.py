@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from contracts import headers as dlq_headers
-from worker.application.handlers.capture_handler import Outcome, result_bytes
+from worker.application.capture import Outcome, result_bytes
 from worker.core import metrics
 from worker.core.logging import debug_enabled, get_logger
 from worker.domain.errors import TransientError

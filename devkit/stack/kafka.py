@@ -28,15 +28,15 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from worker.infrastructure.stack import process
-from worker.infrastructure.stack.model import (
+from devkit.stack import process
+from devkit.stack.model import (
     Progress,
     ServiceStatus,
     State,
     no_progress,
     quiet_logger,
 )
-from worker.infrastructure.stack.process import StackError
+from devkit.stack.process import StackError
 
 KAFKA_VERSION = "4.1.1"
 MIN_JAVA = 17

@@ -9,19 +9,22 @@ end in the same state digest; the report says whether it did.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
+import typer
 from rich.table import Table
 
+from devkit.synthetic import generate_lines
+from worker.core.config import get_settings
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.db_errors import translate_db_errors
 from worker.infrastructure.migrations import apply_migrations
-from worker.infrastructure.repositories.artifact_repo import ArtifactRepository
-from worker.interfaces.cli.generate import generate_lines
-from worker.interfaces.cli.output import console
+from worker.infrastructure.repository import ArtifactRepository
+from worker.interfaces.cli.output import OutputFormat, console, emit_json
 
 
 async def _admin(dsn: str, sql: str) -> None:
@@ -126,3 +129,51 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     if not report["same_digest_every_run"]:
         console.print("[bold red]the runs ended in different states (digests differ)[/]")
+
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL URL (default: DATABASE_URL / the local stack).",
+        show_default=False,
+    ),
+]
+Format = Annotated[OutputFormat, typer.Option("--format", help="pretty or json.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench-db")
+    def bench_db(
+        *,
+        count: Annotated[int, typer.Option(help="Commands to ingest per run.", min=1)] = 2000,
+        users: Annotated[int, typer.Option(help="Distinct users in the stream.", min=1)] = 20,
+        batch_size: Annotated[
+            int, typer.Option(help="Commands per ingest_batch call.", min=1)
+        ] = 100,
+        dim: Annotated[
+            int | None, typer.Option(help="Embedding dimension (default CAPTURE_EMBEDDING_DIM).")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
+        database_url: DatabaseUrl = None,
+        output: Format = OutputFormat.PRETTY,
+    ) -> None:
+        """Raw throughput of the SQL functions, on a fresh temporary database (dropped after).
+
+        Needs a role that may CREATE DATABASE. Measures sequential ingest_with_signal calls and
+        ingest_batch calls, each with and without the HNSW index.
+        """
+        report = asyncio.run(
+            run_bench(
+                database_url or get_settings().database_url.get_secret_value(),
+                count=count,
+                users=users,
+                batch_size=batch_size,
+                dim=dim or get_settings().embedding_dim,
+                seed=seed,
+            )
+        )
+        if output is OutputFormat.JSON:
+            emit_json(report)
+        else:
+            print_report(report)

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from worker.core import paths as core_paths
-from worker.infrastructure.stack import kafka, postgres, process
-from worker.infrastructure.stack.kafka import KafkaConfig, KafkaPaths, SaslPlain
-from worker.infrastructure.stack.model import Progress, ServiceStatus, no_progress
-from worker.infrastructure.stack.postgres import PostgresConfig, PostgresPaths
-from worker.infrastructure.stack.process import StackError
+from devkit import paths as core_paths
+from devkit.stack import kafka, postgres, process
+from devkit.stack.kafka import KafkaConfig, KafkaPaths, SaslPlain
+from devkit.stack.model import Progress, ServiceStatus, no_progress
+from devkit.stack.postgres import PostgresConfig, PostgresPaths
+from devkit.stack.process import StackError
 
 ServiceName = Literal["kafka", "postgres"]
 SERVICES: tuple[ServiceName, ...] = ("kafka", "postgres")

@@ -1,4 +1,4 @@
-"""Write the JSON Schemas of the wire contract: `python -m contracts.generate` (`make schemas`).
+"""Write the JSON Schemas of the wire contract: `python -m contracts.export_schemas`.
 
 The checked-in files under `contracts/schemas/` are what non-Python producers and
 consumers read; `tests/unit/test_contracts.py` fails when they drift from the models.

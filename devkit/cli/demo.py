@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from devkit.paths import state_dir
+from devkit.poison import poison_payloads
+from devkit.synthetic import generate_lines
 from worker.core.config import Settings, get_settings
-from worker.core.paths import state_dir
 from worker.infrastructure.kafka_client import producer_options
 from worker.infrastructure.migrations import apply_migrations
-from worker.interfaces.cli.generate import generate_lines
 from worker.interfaces.cli.output import console, fail
-from worker.interfaces.cli.poison import poison_payloads
 
 CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
 

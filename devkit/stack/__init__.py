@@ -10,8 +10,8 @@ on loopback, no Docker. The CLI and the test fixtures use this same API.
 Every failure is a `StackError` whose message says what to do (and names the log to read).
 """
 
-from worker.infrastructure.stack.kafka import KAFKA_VERSION, KafkaConfig, SaslPlain
-from worker.infrastructure.stack.manager import (
+from devkit.stack.kafka import KAFKA_VERSION, KafkaConfig, SaslPlain
+from devkit.stack.manager import (
     SERVICES,
     ServiceName,
     StackConfig,
@@ -21,9 +21,9 @@ from worker.infrastructure.stack.manager import (
     status,
     up,
 )
-from worker.infrastructure.stack.model import Progress, ServiceStatus
-from worker.infrastructure.stack.postgres import PostgresConfig
-from worker.infrastructure.stack.process import StackError
+from devkit.stack.model import Progress, ServiceStatus
+from devkit.stack.postgres import PostgresConfig
+from devkit.stack.process import StackError
 
 __all__ = [
     "KAFKA_VERSION",

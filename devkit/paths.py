@@ -1,11 +1,11 @@
-"""Where the project keeps things outside the work tree (caches, local service state)."""
+"""Where the devkit keeps things outside the work tree (caches, local service state)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def cache_dir() -> Path:
@@ -22,14 +22,3 @@ def state_dir() -> Path:
         os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state", "capture-worker"
     )
     return Path(base)
-
-
-def sql_dir() -> Path:
-    """The `sql/` folder: next to the package in a checkout, or named by CAPTURE_SQL_DIR."""
-    explicit = os.environ.get("CAPTURE_SQL_DIR")
-    if explicit:
-        return Path(explicit)
-    for candidate in (REPO_ROOT / "sql", Path.cwd() / "sql"):
-        if candidate.is_dir():
-            return candidate
-    return REPO_ROOT / "sql"

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from worker.infrastructure import stack
+from devkit import stack
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, err_console, fail
 
 app = typer.Typer(
@@ -322,3 +322,7 @@ def status(
 def env(state_dir: StateDirOpt = None) -> None:
     """Shell exports for clients: eval "$(capture-worker stack env)"."""
     typer.echo(_config(state_dir).shell_exports())
+
+
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="stack")

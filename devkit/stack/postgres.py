@@ -30,9 +30,9 @@ from typing import Any
 
 import asyncpg
 
-from worker.infrastructure.stack import process
-from worker.infrastructure.stack.model import Progress, ServiceStatus, State, no_progress
-from worker.infrastructure.stack.process import RunAs, StackError
+from devkit.stack import process
+from devkit.stack.model import Progress, ServiceStatus, State, no_progress
+from devkit.stack.process import RunAs, StackError
 
 SERVICE_USER = "embedded_postgres"
 READY_TIMEOUT_S = 90.0

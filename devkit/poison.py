@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from contracts import DEFAULT_EMBEDDING_DIM, ErrorKind
-from worker.interfaces.cli.generate import generate_commands
+from devkit.synthetic import generate_commands
 
 
 def poison_payloads(
