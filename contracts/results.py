@@ -39,6 +39,8 @@ class ErrorKind(StrEnum):
     """A `command_id` seen before with a different payload."""
     CONSTRAINT = "constraint"
     """Refused by the database (SQLSTATE class 22 or 23)."""
+    INTERNAL = "internal"
+    """The worker failed on this record CAPTURE_INTERNAL_ERROR_ATTEMPTS times (a bug)."""
 
 
 class ErrorInfo(BaseModel):

@@ -1,3 +1,7 @@
-"""Shared fixtures: real services (fixtures/services.py) and databases (fixtures/database.py)."""
+"""Shared fixtures: real services, databases, and worker processes (tests/fixtures/)."""
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.database"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.database",
+    "tests.fixtures.workers",
+]

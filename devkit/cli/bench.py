@@ -32,14 +32,9 @@ import logging
 import os
 import platform
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -69,6 +64,7 @@ from rich.table import Table
 
 from devkit import stack
 from devkit.synthetic import generate_lines
+from devkit.worker_process import WorkerExited, WorkerProcess, free_port
 from worker.application.ports import ResultObject
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
@@ -496,82 +492,12 @@ async def bench_kafka(
     return rate
 
 
-@dataclass
-class WorkerRun:
-    """`capture-worker run` as a child process, with its log in a temporary file."""
-
-    env: dict[str, str]
-    log_path: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            **self.env,
-            "CAPTURE_HTTP_PORT": str(self.port),
-            "CAPTURE_LOG_FORMAT": "json",
-        }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"the worker exited with {self.proc.returncode}:\n{self.tail_log()}")
-
-    def ready(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.port}/readyz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    async def wait_ready(self, timeout_s: float = 60.0) -> float:
-        """Poll /readyz every 20 ms; returns the wall-clock time it first answered 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.alive()
-            if await asyncio.to_thread(self.ready):
-                return time.time()
-            await asyncio.sleep(0.02)
-        raise BenchError(f"the worker was not ready in {timeout_s:.0f}s:\n{self.tail_log()}")
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            await asyncio.to_thread(self.proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.wait, 10)
-
-    def tail_log(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def bench_e2e(
-    worker: WorkerRun, reader: TopicReader, *, total: int, phases: Phases, label: str = ""
+    worker: WorkerProcess, reader: TopicReader, *, total: int, phases: Phases, label: str = ""
 ) -> float:
     task = phases.start(f"e2e      the worker process{label}", total)
     worker.start()
-    started = await worker.wait_ready()
+    started = await worker.wait_ready_async()
     await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
     last = await reader.last_timestamp()
     rate = total / max(last / 1000 - started, 1e-3)
@@ -581,7 +507,7 @@ async def bench_e2e(
 
 async def bench_latency(
     settings: Settings,
-    worker: WorkerRun,
+    worker: WorkerProcess,
     reader: TopicReader,
     commands: Sequence[Command],
     *,
@@ -837,7 +763,7 @@ async def run_bench(
                 b_sql = options.messages / sql_seconds
                 await resources.drop(sql_urls[r])
             results, dlq = e2e_topics[r]
-            worker = WorkerRun(
+            worker = WorkerProcess(
                 env={
                     "DATABASE_URL": e2e_urls[r],
                     "CAPTURE_COMMANDS_TOPIC": commands_topic,
@@ -848,7 +774,7 @@ async def run_bench(
                     "CAPTURE_EMBEDDING_DIM": str(options.dim),
                 },
                 log_path=Path(log_dir) / f"worker{r}.log",
-                port=_free_port(),
+                http_port=free_port(),
             )
             stack.push_async_callback(worker.stop)
             reader = TopicReader(settings, results)
@@ -1071,7 +997,7 @@ def register(app: typer.Typer) -> None:
             report = asyncio.run(
                 run_bench(settings, options, show_progress=err_console.is_terminal)
             )
-        except (BenchError, CaptureError) as exc:
+        except (BenchError, CaptureError, WorkerExited) as exc:
             fail(str(exc))
             return
         if fmt is BenchFormat.JSON:

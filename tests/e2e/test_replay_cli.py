@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from tests.e2e.conftest import WorkerSetup
+from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from contracts import headers as H
-from tests.e2e.conftest import WorkerSetup
+from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import Record, produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
 from worker.infrastructure.db import create_pool

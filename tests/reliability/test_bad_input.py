@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from contracts import ErrorKind
 from contracts import headers as H
-from tests.e2e.conftest import WorkerSetup
-from tests.reliability.conftest import (
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka_io import feed, read
+from tests.support.scenario import (
     POISON_HEADERS,
     VALID_HEADERS,
     Scenario,
@@ -35,9 +36,8 @@ from tests.reliability.conftest import (
     topics_of,
     wait_done,
 )
-from tests.reliability.kafka_io import feed, read
-from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
+from tests.support.tally import Sent, tally
 
 pytestmark = pytest.mark.reliability
 

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.e2e.conftest import WorkerSetup
-from tests.reliability.conftest import (
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka_io import feed
+from tests.support.scenario import (
     Scenario,
     add_stream_with_poison,
     applied,
@@ -23,9 +24,8 @@ from tests.reliability.conftest import (
     wait_done,
     wait_until,
 )
-from tests.reliability.kafka_io import feed
-from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
+from tests.support.tally import Sent, tally
 
 pytestmark = pytest.mark.reliability
 

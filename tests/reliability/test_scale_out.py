@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.e2e.conftest import WorkerSetup
-from tests.reliability.conftest import (
+from devkit.worker_process import WorkerProcess
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka_io import feed
+from tests.support.scenario import (
     Scenario,
     add_stream_with_poison,
     assert_alive,
@@ -24,10 +26,8 @@ from tests.reliability.conftest import (
     wait_done,
     wait_until,
 )
-from tests.reliability.kafka_io import feed
-from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
-from tests.support.worker_process import WorkerProcess
+from tests.support.tally import Sent, tally
 
 pytestmark = pytest.mark.reliability
 

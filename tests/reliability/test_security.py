@@ -30,8 +30,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devkit.poison import poison_payloads
+from devkit.worker_process import WorkerProcess, free_port
 from tests.fixtures.services import unavailable
-from tests.reliability.conftest import (
+from tests.support.kafka_io import Topics, feed
+from tests.support.scenario import (
     POISON_HEADERS,
     VALID_HEADERS,
     Scenario,
@@ -41,10 +43,8 @@ from tests.reliability.conftest import (
     wait_done,
     wait_until,
 )
-from tests.reliability.kafka_io import Topics, feed
-from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
-from tests.support.worker_process import WorkerProcess, free_port
+from tests.support.tally import Sent, tally
 
 pytestmark = pytest.mark.reliability
 

@@ -4,71 +4,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from contracts import ErrorKind
+from tests.support.fakes import DIM, FakeStore, command, envelope
 from worker.application.capture import (
     Limits,
     decode_command,
     handle_capture_batch,
     result_bytes,
 )
-from worker.application.ports import Envelope
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
 
-DIM = 4
 LIMITS = Limits(embedding_dim=DIM, max_message_bytes=2048, db_batch_size=2)
-
-
-def command(**overrides: Any) -> dict[str, Any]:
-    base = {
-        "command_id": str(uuid.uuid4()),
-        "user_id": "0d7c3f2a-8e55-4c55-b2a4-1f4a7c0e9b10",
-        "url": "https://example.com/a",
-        "embedding": [0.1, 0.2, 0.3, 0.4],
-        "reading_depth": 0.5,
-        "occurred_at": "2026-11-26T09:30:00+00:00",
-    }
-    base.update(overrides)
-    return base
-
-
-def envelope(value: bytes | None, offset: int = 0, key: bytes | None = None) -> Envelope:
-    if key is None and value is not None:
-        try:
-            key = json.loads(value)["user_id"].encode()
-        except (ValueError, KeyError, TypeError, AttributeError):
-            key = None
-    return Envelope("capture.commands", 0, offset, key, value, (("trace", b"\xff"),))
-
-
-class FakeStore:
-    """Echoes each command as an 'ingested' result; refuses urls containing 'refuse'."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.rejections: dict[str, dict[str, Any]] = {}
-
-    async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
-        self.calls.append(list(commands_json))
-        out: list[Any] = []
-        for text in commands_json:
-            data = json.loads(text)
-            if "refuse" in data["url"]:
-                out.append(PermanentError(ErrorKind.CONSTRAINT, "url: refused", sqlstate="22023"))
-            else:
-                out.append({"command_id": data["command_id"], "status": "ingested"})
-        return out
-
-    async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self.rejections.setdefault(r["event_id"], r) for r in results]
-
-    async def system_config(self) -> Mapping[str, Any]:
-        return {}
 
 
 @pytest.mark.parametrize(

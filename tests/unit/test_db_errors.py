@@ -8,7 +8,12 @@ from asyncpg.exceptions import InternalClientError
 
 from contracts.results import ErrorKind
 from worker.domain.errors import ConfigurationError, PermanentError, TransientError
-from worker.infrastructure.db_errors import classify, is_connection_error, translate_db_errors
+from worker.infrastructure.db_errors import (
+    batch_element,
+    classify,
+    is_connection_error,
+    translate_db_errors,
+)
 
 
 def pg_error(sqlstate: str, message: str = "boom") -> asyncpg.PostgresError:
@@ -57,6 +62,28 @@ def test_retryable_states_are_transient(sqlstate: str, reason: str) -> None:
     assert isinstance(error, TransientError)
     assert error.sqlstate == sqlstate
     assert reason in error.reason and error.reason.startswith("ingest_batch:")
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "contention"),
+    [("55P03", True), ("40001", True), ("40P01", True), ("08006", False), ("57P01", False)],
+)
+def test_contention_is_told_apart_from_an_unreachable_database(
+    sqlstate: str, contention: bool
+) -> None:
+    # Lost races stall one user's partition; only the others mark the database as down.
+    error = classify(pg_error(sqlstate))
+    assert isinstance(error, TransientError)
+    assert error.contention is contention
+
+
+def test_a_refused_batch_element_becomes_a_permanent_error() -> None:
+    assert batch_element({"status": "accepted"}) == {"status": "accepted"}
+    conflict = batch_element({"error": {"sqlstate": "CW409", "message": "reused"}})
+    assert isinstance(conflict, PermanentError)
+    assert conflict.kind is ErrorKind.CONFLICT and conflict.message == "reused"
+    refused = batch_element({"error": {"kind": "constraint", "sqlstate": "22023", "message": "x"}})
+    assert isinstance(refused, PermanentError) and refused.kind is ErrorKind.CONSTRAINT
 
 
 @pytest.mark.parametrize("sqlstate", ["42883", "42501", "3F000", "XX000", "0A000"])

@@ -7,25 +7,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from tests.support.fakes import FakeConsumer
 from worker.application.retry import Backoff
 from worker.interfaces.kafka.consumer import OffsetCommitter, PartitionLanes
 
 P0, P1, P2 = (TopicPartition("commands", p) for p in range(3))
-
-
-class FakeConsumer:
-    def __init__(self, assigned: set[TopicPartition]) -> None:
-        self.assigned = assigned
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.release = asyncio.Event()
-        self.release.set()
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.assigned)
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self.release.wait()
-        self.commits.append(dict(offsets))
 
 
 def backoff() -> Backoff:
@@ -80,21 +66,6 @@ async def test_close_without_marks_commits_nothing() -> None:
     await committer.close()
 
 
-class LaneConsumer(FakeConsumer):
-    def __init__(self) -> None:
-        super().__init__({P0, P1})
-        self.paused_now: set[TopicPartition] = set()
-
-    def pause(self, tp: TopicPartition) -> None:
-        self.paused_now.add(tp)
-
-    def resume(self, tp: TopicPartition) -> None:
-        self.paused_now.discard(tp)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_now)
-
-
 class Record:
     def __init__(self, offset: int) -> None:
         self.offset = offset
@@ -122,7 +93,7 @@ class Handler:
 
 
 async def test_records_queued_while_a_lane_works_are_handled_next_together_in_order() -> None:
-    handler, consumer = Handler(), LaneConsumer()
+    handler, consumer = Handler(), FakeConsumer({P0, P1})
     lanes = PartitionLanes(handler, max_queued=100)
     lanes.submit(consumer, P0, records(0, 1))
     await asyncio.sleep(0)
@@ -138,7 +109,7 @@ async def test_records_queued_while_a_lane_works_are_handled_next_together_in_or
 
 
 async def test_a_full_queue_pauses_its_partition_until_the_lane_takes_it() -> None:
-    handler, consumer = Handler(), LaneConsumer()
+    handler, consumer = Handler(), FakeConsumer({P0, P1})
     lanes = PartitionLanes(handler, max_queued=3)
     lanes.submit(consumer, P0, records(0))
     await asyncio.sleep(0)
@@ -151,7 +122,7 @@ async def test_a_full_queue_pauses_its_partition_until_the_lane_takes_it() -> No
 
 
 async def test_a_rewound_partition_drops_what_was_queued() -> None:
-    handler, consumer = Handler(), LaneConsumer()
+    handler, consumer = Handler(), FakeConsumer({P0, P1})
     handler.ok = False
     lanes = PartitionLanes(handler, max_queued=100)
     lanes.submit(consumer, P0, records(0, 1))
@@ -167,10 +138,10 @@ async def test_a_rewound_partition_drops_what_was_queued() -> None:
     assert handler.calls == [(P0, [0, 1]), (P0, [0, 1, 2])]
 
 
-async def lane_rewound_after(*offsets: int) -> tuple[Handler, LaneConsumer, PartitionLanes]:
+async def lane_rewound_after(*offsets: int) -> tuple[Handler, FakeConsumer, PartitionLanes]:
     """A lane whose handling of `offsets` failed: P0 is rewound to the first of them and
     paused; the handler succeeds from now on."""
-    handler, consumer = Handler(), LaneConsumer()
+    handler, consumer = Handler(), FakeConsumer({P0, P1})
     handler.ok = False
     lanes = PartitionLanes(handler, max_queued=100)
     lanes.submit(consumer, P0, records(*offsets))
@@ -200,7 +171,7 @@ async def test_after_the_backoff_a_fetch_past_the_rewind_point_is_taken() -> Non
 
 
 async def test_drain_finishes_the_records_in_hand_and_leaves_the_queued() -> None:
-    handler, consumer = Handler(), LaneConsumer()
+    handler, consumer = Handler(), FakeConsumer({P0, P1})
     lanes = PartitionLanes(handler, max_queued=100)
     lanes.submit(consumer, P0, records(0))
     await asyncio.sleep(0)

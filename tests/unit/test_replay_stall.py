@@ -2,52 +2,47 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from tests.unit.test_partition_stall import FREE_USER, LOCKED_USER, Published, record
+from tests.support.fakes import OTHER_USER as FREE_USER
+from tests.support.fakes import USER as LOCKED_USER
+from tests.support.fakes import FakePublisher, FakeStore, limits, record
 from worker.application.batch import BatchProcessor
-from worker.application.capture import Limits
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
+from worker.infrastructure.kafka_client import envelopes
 from worker.interfaces.cli.replay import _process_fully
 
 
-class LockedTwice:
+class LockedTwice(FakeStore):
     """The locked user's rows time out twice, then are free."""
 
     def __init__(self) -> None:
+        super().__init__(locked={LOCKED_USER})
         self.failures = 0
 
     async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
-        commands = [json.loads(text) for text in commands_json]
-        if any(c["user_id"] == LOCKED_USER for c in commands) and self.failures < 2:
+        try:
+            return await super().ingest_batch(commands_json)
+        except TransientError:
             self.failures += 1
-            raise TransientError("ingest_batch: lock not available", sqlstate="55P03")
-        return [{"command_id": c["command_id"], "status": "ingested"} for c in commands]
-
-    async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        return list(results)
-
-    async def system_config(self) -> Mapping[str, Any]:
-        return {}
+            if self.failures >= 2:
+                self.locked.clear()
+            raise
 
 
 async def test_stalled_partition_is_redone_until_it_succeeds() -> None:
     records = [record(0, i, LOCKED_USER) for i in range(3)] + [
         record(1, i, FREE_USER) for i in range(4)
     ]
-    published = Published()
+    published = FakePublisher()
     store = LockedTwice()
-
-    async def limits() -> Limits:
-        return Limits(embedding_dim=4, max_message_bytes=4096, db_batch_size=10)
 
     processor = BatchProcessor(
         store=store, publisher=published, limits=limits, backoff=Backoff(initial_s=0.01, max_s=0.02)
     )
-    await _process_fully(processor, records)
+    await _process_fully(processor, envelopes(records))
     assert store.failures == 2
     done = sorted((o.envelope.partition, o.envelope.offset) for o in published.outcomes)
     assert done == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3)]

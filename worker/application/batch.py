@@ -17,12 +17,18 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker.application.capture import Limits, Outcome, handle_capture_batch
+from worker.application.capture import (
+    Limits,
+    Outcome,
+    handle_capture_batch,
+    reject,
+    store_rejections,
+)
 from worker.application.ports import CaptureStore, Envelope, Publisher
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.core.logging import get_logger
-from worker.domain.errors import CaptureError, TransientError
+from worker.domain.errors import CaptureError, PermanentError, TransientError
 
 log = get_logger(__name__)
 
@@ -110,6 +116,12 @@ class BatchProcessor:
                     self.on_success()
                 return Processed(outcomes, stalled)
 
+    async def dead_letter(self, envelope: Envelope, error: PermanentError) -> None:
+        """Dead-letter one record the worker cannot handle (its rejected result too, when its
+        ids can be read), without handing it to the database's ingest."""
+        outcomes = await store_rejections([reject(envelope, error)], self.store)
+        await self.publisher.publish(outcomes)
+
     def _stalled(
         self,
         failures: Mapping[PartitionKey, TransientError],
@@ -122,7 +134,7 @@ class BatchProcessor:
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
             metrics.RETRIES.labels(stage="database").inc()
-            if not _contention(exc):  # a lock wait says nothing about the database being down
+            if not exc.contention:  # a lock wait says nothing about the database being down
                 self.on_transient("database")
             if self.backoff.gives_up(attempt):
                 raise RetriesExhausted(exc.reason) from exc
@@ -140,11 +152,6 @@ class BatchProcessor:
             )
             stalled[key] = Stall(first.offset, delay, exc.reason)
         return stalled
-
-
-def _contention(exc: TransientError) -> bool:
-    """Lost a race for this user's rows (lock timeout, deadlock, serialization failure)."""
-    return exc.sqlstate is not None and (exc.sqlstate == "55P03" or exc.sqlstate[:2] == "40")
 
 
 async def _per_partition(

@@ -107,7 +107,7 @@ def rejected_result(
     return result.model_dump(mode="json")
 
 
-def _reject(envelope: Envelope, error: PermanentError) -> Outcome:
+def reject(envelope: Envelope, error: PermanentError) -> Outcome:
     command_id, user_id = readable_ids(envelope.value)
     result = (
         rejected_result(envelope, error, command_id, user_id)
@@ -140,7 +140,7 @@ async def handle_capture_batch(
         try:
             command = decode_command(envelope, limits)
         except PermanentError as error:
-            outcomes[index] = _reject(envelope, error)
+            outcomes[index] = reject(envelope, error)
         else:
             accepted.append((index, command.user_id, command.command_id))
 
@@ -152,13 +152,13 @@ async def handle_capture_batch(
         for (index, user_id, command_id), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
-                outcome = _reject(envelope, reply)
+                outcome = reject(envelope, reply)
             else:
                 outcome = Outcome(envelope, reply, None, user_id, command_id)
             outcomes[index] = outcome
 
     done = [o for o in outcomes if o is not None]
-    return await _store_rejections(done, store)
+    return await store_rejections(done, store)
 
 
 async def _ingest_isolated(
@@ -178,7 +178,7 @@ async def _ingest_isolated(
         return replies
 
 
-async def _store_rejections(outcomes: list[Outcome], store: CaptureStore) -> list[Outcome]:
+async def store_rejections(outcomes: list[Outcome], store: CaptureStore) -> list[Outcome]:
     # The database keeps the first version of each rejection, so a redelivered
     # poison message yields the identical result event (same processed_at).
     pending = [i for i, o in enumerate(outcomes) if o.error is not None and o.result is not None]

@@ -57,6 +57,19 @@ class Settings(BaseSettings):
         validation_alias=_env("CAPTURE_PRODUCER_LINGER_MS"),
         description="How long the producer waits to fill a batch before sending it.",
     )
+    internal_error_attempts: int = Field(
+        5,
+        ge=1,
+        validation_alias=_env("CAPTURE_INTERNAL_ERROR_ATTEMPTS"),
+        description="Tries of a record whose handling raised an unexpected exception (a bug)"
+        " before it is dead-lettered as kind `internal` (or the worker stops, see below).",
+    )
+    on_internal_error: Literal["dead-letter", "stop"] = Field(
+        "dead-letter",
+        validation_alias=_env("CAPTURE_ON_INTERNAL_ERROR"),
+        description="After the last try: `dead-letter` the record and go on (Kafka Connect's"
+        " errors.tolerance=all), or `stop` the worker with exit code 3 (never skipping).",
+    )
     commit_interval_ms: int = Field(
         100,
         ge=0,

@@ -18,6 +18,11 @@ DLQ = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+INTERNAL_ERRORS = Counter(
+    "capture_internal_errors_total",
+    "Unexpected exceptions while handling records (bugs); each is retried, then dead-lettered.",
+    registry=REGISTRY,
+)
 RETRIES = Counter(
     "capture_retries_total",
     "Transient failures that were retried, by stage.",

@@ -1,8 +1,11 @@
 """The one exception tree of capture-worker.
 
     CaptureError
-    ├── PermanentError   the command can never succeed: dead-letter it (kind says why)
-    └── TransientError   a dependency failed: retry the same command later, never skip it
+    ├── PermanentError      the command can never succeed: dead-letter it (kind says why)
+    ├── TransientError      a dependency failed: retry the same command later, never skip it
+    ├── ConfigurationError  the worker cannot run as configured: stop and say why
+    ├── RetriesExhausted    CAPTURE_RETRY_MAX_ATTEMPTS reached (worker.application.batch)
+    └── StartupAborted      asked to stop while start-up waited (worker.interfaces.kafka.app)
 
 Driver errors (asyncpg, aiokafka) are translated into these once, at the
 infrastructure boundary, and raised `from` the original exception.
@@ -30,10 +33,14 @@ class PermanentError(CaptureError):
 class TransientError(CaptureError):
     """A dependency is unavailable or the transaction lost a race: retry."""
 
-    def __init__(self, reason: str, *, sqlstate: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, sqlstate: str | None = None, contention: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sqlstate = sqlstate
+        #: Lost a race for a user's rows: that user's partition waits, the database is fine.
+        self.contention = contention
 
 
 class ConfigurationError(CaptureError):

@@ -3,7 +3,11 @@
     SQLSTATE class 22 (data exception)      -> PermanentError(CONSTRAINT)  the data is refused
     SQLSTATE class 23 (integrity violation) -> PermanentError(CONSTRAINT)
     CW409 (raised by ingest_with_signal)    -> PermanentError(CONFLICT)    id reused, new payload
+    55P03, class 40 (lost a race for rows)  -> TransientError(contention=True)
     anything else, connection/OS/timeouts   -> TransientError              retry, never skip
+
+`ingest_batch` reports a refused command inside its result array (`batch_element`), with
+the SQLSTATE it caught; the same table applies.
 
 Only the first three may dead-letter a message. Everything else is retried, including errors
 that look like a misconfiguration (a missing migration, a missing privilege): skipping a
@@ -12,8 +16,9 @@ command because the deployment is broken would lose it, retrying waits for the f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
 from asyncpg.exceptions import InternalClientError
@@ -22,6 +27,8 @@ from contracts.results import ErrorKind
 from worker.domain.errors import CaptureError, PermanentError, TransientError
 
 CONFLICT_SQLSTATE = "CW409"
+# The kinds ingest_batch names in a refused element's error object.
+_ELEMENT_KINDS = {"constraint": ErrorKind.CONSTRAINT, "conflict": ErrorKind.CONFLICT}
 
 _TRANSIENT_REASONS: dict[str, str] = {
     "40001": "serialization failure",
@@ -62,7 +69,9 @@ def classify(exc: BaseException, operation: str = "database call") -> CaptureErr
         if reason is None:
             reason = "unexpected database error (a missing migration or privilege?)"
         return TransientError(
-            f"{operation}: {reason} [SQLSTATE {sqlstate}]: {message}", sqlstate=sqlstate
+            f"{operation}: {reason} [SQLSTATE {sqlstate}]: {message}",
+            sqlstate=sqlstate,
+            contention=_is_contention(sqlstate),
         )
     if isinstance(exc, TimeoutError):
         return TransientError(f"{operation}: timed out")
@@ -89,3 +98,21 @@ def _message(exc: asyncpg.PostgresError) -> str:
     # The server's primary message; asyncpg's str() may append detail/hint lines.
     message = getattr(exc, "message", None)
     return str(message) if message else str(exc)
+
+
+def batch_element(element: Mapping[str, Any]) -> dict[str, Any] | PermanentError:
+    """One element of ingest_batch's reply: the result object, or why the command was refused."""
+    error = element.get("error")
+    if not error:
+        return dict(element)
+    sqlstate = error.get("sqlstate")
+    kind = _ELEMENT_KINDS.get(error.get("kind", ""))
+    if kind is None:
+        kind = ErrorKind.CONFLICT if sqlstate == CONFLICT_SQLSTATE else ErrorKind.CONSTRAINT
+    return PermanentError(kind, str(error.get("message", "")), sqlstate=sqlstate)
+
+
+def _is_contention(sqlstate: str) -> bool:
+    """Lost a race for this user's rows (lock timeout, deadlock, serialization failure): says
+    nothing about the database being down."""
+    return sqlstate == "55P03" or sqlstate[:2] == "40"

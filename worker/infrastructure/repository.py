@@ -12,11 +12,8 @@ from uuid import UUID
 
 import asyncpg
 
-from contracts.results import ErrorKind
 from worker.domain.errors import PermanentError
-from worker.infrastructure.db_errors import CONFLICT_SQLSTATE, translate_db_errors
-
-_ERROR_KINDS = {"constraint": ErrorKind.CONSTRAINT, "conflict": ErrorKind.CONFLICT}
+from worker.infrastructure.db_errors import batch_element, translate_db_errors
 
 
 class ArtifactRepository:
@@ -48,7 +45,7 @@ class ArtifactRepository:
             elements: list[dict[str, Any]] = await self._pool.fetchval(
                 "SELECT capture.ingest_batch($1::jsonb)", payload
             )
-        return [_element(e) for e in elements]
+        return [batch_element(e) for e in elements]
 
     async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store rejected results by event_id (first one wins); return the stored versions."""
@@ -105,14 +102,3 @@ class ArtifactRepository:
             await self._pool.execute(
                 "SELECT capture.create_embedding_index()", timeout=build_timeout_s
             )
-
-
-def _element(element: dict[str, Any]) -> dict[str, Any] | PermanentError:
-    error = element.get("error")
-    if not error:
-        return element
-    sqlstate = error.get("sqlstate")
-    kind = _ERROR_KINDS.get(error.get("kind", ""))
-    if kind is None:
-        kind = ErrorKind.CONFLICT if sqlstate == CONFLICT_SQLSTATE else ErrorKind.CONSTRAINT
-    return PermanentError(kind, str(error.get("message", "")), sqlstate=sqlstate)

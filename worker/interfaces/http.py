@@ -24,13 +24,15 @@ class Health:
     probes: dict[str, Probe] = field(default_factory=dict)
     up: dict[str, bool] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: Partitions held by an internal error ("topic[partition]" -> why): not ready meanwhile.
+    stalled: dict[str, str] = field(default_factory=dict)
     consuming: bool = False
     interval_s: float = 1.0
     timeout_s: float = 3.0
 
     @property
     def ready(self) -> bool:
-        return self.consuming and bool(self.up) and all(self.up.values())
+        return self.consuming and bool(self.up) and all(self.up.values()) and not self.stalled
 
     async def check_once(self) -> None:
         for name, probe in self.probes.items():
@@ -62,7 +64,17 @@ class Health:
                 name: {"up": up, **({"error": self.errors[name]} if name in self.errors else {})}
                 for name, up in self.up.items()
             },
+            **({"stalled_partitions": dict(self.stalled)} if self.stalled else {}),
         }
+
+    def partition_stalled(self, topic: str, partition: int, reason: str | None) -> None:
+        """Name a partition held by an internal error (reason None: it moves again)."""
+        key = f"{topic}[{partition}]"
+        if reason is None:
+            self.stalled.pop(key, None)
+        else:
+            self.stalled[key] = reason
+        metrics.READY.set(1 if self.ready else 0)
 
 
 async def _respond(

@@ -247,7 +247,15 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
             on_transient=lambda _stage: health.up.__setitem__(_stage_dependency(_stage), False),
         )
         worker.runner = PartitionRunner(
-            processor, hold=hold, committer=committer, backoff=backoff, on_give_up=give_up
+            processor,
+            hold=hold,
+            committer=committer,
+            backoff=backoff,
+            on_give_up=give_up,
+            internal_error_attempts=settings.internal_error_attempts,
+            stop_on_internal_error=settings.on_internal_error == "stop",
+            on_stall=health.partition_stalled,
+            stopping=stopping,
         )
         try:
             yield

@@ -1,12 +1,16 @@
 """The delivery policy: what becomes of a partition after its records were handled.
 
-    processed               -> commit past the last record (in the background)
-    a partition stalled     -> rewind it and pause it for its backoff (PartitionHold)
-    retries exhausted       -> rewind, and stop the worker with exit code 3 (never skip)
-    an unexpected exception -> a bug, not the message's fault: rewind, wait, and try again
+    processed                -> commit past the last record (in the background)
+    a partition stalled      -> rewind it and pause it for its backoff (PartitionHold)
+    retries exhausted        -> rewind, and stop the worker with exit code 3 (never skip)
+    an unexpected exception  -> a bug, not a transient failure: the records are handled again
+                                one at a time; a record that fails CAPTURE_INTERNAL_ERROR_ATTEMPTS
+                                times is dead-lettered as kind `internal` (or, with
+                                CAPTURE_ON_INTERNAL_ERROR=stop, the worker stops with code 3)
 
-Each branch rewinds before anything else can fetch past the records, so what was not
-processed comes again; only a processed partition's offset is ever committed.
+Whatever is not processed is rewound before anything could fetch past it; only processed
+records' offsets are ever committed. While a record is retried after an internal error its
+partition is named on /readyz (not ready) and every attempt logs an ERROR with its traceback.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 
-from worker.application.batch import BatchProcessor, RetriesExhausted
+from contracts import ErrorKind
+from worker.application.batch import BatchProcessor, Processed, RetriesExhausted
 from worker.application.retry import Backoff
+from worker.core import metrics
 from worker.core.logging import get_logger
+from worker.domain.errors import PermanentError
 from worker.infrastructure.kafka_client import envelopes
 from worker.interfaces.kafka.consumer import (
     OffsetCommitter,
@@ -33,12 +40,16 @@ from worker.interfaces.kafka.consumer import (
 
 log = get_logger(__name__)
 
+Record: TypeAlias = "ConsumerRecord[Any, Any]"
+#: (topic, partition, reason or None when the partition moves again)
+StallReport = Callable[[str, int, str | None], None]
+
 
 class PartitionRunner:
     """Runs one partition's records through the processor and applies the delivery policy.
 
     `consumer` is aiokafka's (pause, seek, resume, assignment); `on_give_up` asks the process
-    to stop (exit code 3). Called by the lanes, one call per partition at a time.
+    to stop (exit code 3). The lanes call it once per partition at a time.
     """
 
     def __init__(
@@ -49,51 +60,49 @@ class PartitionRunner:
         committer: OffsetCommitter,
         backoff: Backoff,
         on_give_up: Callable[[], None],
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        internal_error_attempts: int = 5,
+        stop_on_internal_error: bool = False,
+        on_stall: StallReport = lambda _topic, _partition, _reason: None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.processor = processor
         self.hold = hold
         self.committer = committer
         self.backoff = backoff
+        self.internal_error_attempts = max(1, internal_error_attempts)
+        self.stop_on_internal_error = stop_on_internal_error
         self._on_give_up = on_give_up
-        self._sleep = sleep
+        self._on_stall = on_stall
+        self._stopping = stopping or asyncio.Event()
+        self._last_error: BaseException = RuntimeError("no error yet")
 
     async def __call__(
-        self, consumer: Any, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+        self, consumer: Any, tp: TopicPartition, records: list[Record]
     ) -> int | None:
         """Handle `records` (one partition's, in order); the offset it was rewound to, if it was."""
         if tp not in consumer.assignment():
             return None  # revoked: its new owner resumes from the last commit
-        first: int = records[0].offset
         started = time.perf_counter()
         try:
             processed = await self.processor.process(envelopes(records))
         except RetriesExhausted as exc:
-            log.error(
-                "giving up after CAPTURE_RETRY_MAX_ATTEMPTS; stopping",
-                reason=str(exc),
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=first,
-            )
-            rewind(consumer, tp, first)
-            self._on_give_up()
-            return first
-        except Exception:
-            # A bug, not the message's fault: rewind so the records are seen again,
-            # and slow down rather than spin.
-            log.exception(
-                "unexpected error; records will be redelivered",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=first,
-                messages=len(records),
-            )
-            rewind(consumer, tp, first)
-            await self._sleep(self.backoff.max_s)
-            with contextlib.suppress(IllegalStateError):
-                consumer.resume(tp)
-            return first
+            return self._give_up(consumer, tp, records[0].offset, str(exc))
+        except Exception as exc:
+            # A bug, not the message's fault, and not knowing which record caused it: handle
+            # them one at a time so that only the culprit is retried and, at worst, set aside.
+            self._internal_error(tp, records[0], exc, attempt=1, of_records=len(records))
+            rewound = await self._one_by_one(consumer, tp, records, failed_once=len(records) == 1)
+            if rewound is None:
+                observe_batch(len(records), started)
+            return rewound
+        rewound = self._settle(consumer, tp, records, processed)
+        if rewound is None:
+            observe_batch(len(records), started)
+        return rewound
+
+    def _settle(
+        self, consumer: Any, tp: TopicPartition, records: list[Record], processed: Processed
+    ) -> int | None:
         stall = processed.stalled.get((tp.topic, tp.partition))
         if stall is not None:
             self.hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
@@ -103,8 +112,120 @@ class PartitionRunner:
         self.committer.mark(consumer, tp, records[-1].offset + 1)
         if tp in consumer.assignment():  # its high-water mark is known only while assigned
             record_lag(consumer, records)
-        observe_batch(len(records), started)
         return None
+
+    async def _one_by_one(
+        self, consumer: Any, tp: TopicPartition, records: list[Record], *, failed_once: bool
+    ) -> int | None:
+        for index, record in enumerate(records):
+            rewound = await self._single(
+                consumer, tp, record, attempt=1 if failed_once and index == 0 else 0
+            )
+            if rewound is not None:
+                return rewound
+        return None
+
+    async def _single(
+        self, consumer: Any, tp: TopicPartition, record: Record, *, attempt: int
+    ) -> int | None:
+        """One record until it is processed, dead-lettered, or the partition must be rewound."""
+        while True:
+            if attempt:
+                if self.stop_on_internal_error and attempt >= self.internal_error_attempts:
+                    return self._give_up(consumer, tp, record.offset, "internal error")
+                if attempt >= self.internal_error_attempts:
+                    return await self._dead_letter(consumer, tp, record)
+                if await self._wait(self.backoff.delay(attempt)):
+                    offset: int = record.offset
+                    rewind(consumer, tp, offset)  # stopping: the next owner redoes it
+                    return offset
+            try:
+                processed = await self.processor.process(envelopes([record]))
+            except RetriesExhausted as exc:
+                return self._give_up(consumer, tp, record.offset, str(exc))
+            except Exception as exc:
+                attempt += 1
+                self._internal_error(tp, record, exc, attempt=attempt, of_records=1)
+                self._last_error = exc
+                continue
+            self._on_stall(tp.topic, tp.partition, None)
+            return self._settle(consumer, tp, [record], processed)
+
+    async def _dead_letter(self, consumer: Any, tp: TopicPartition, record: Record) -> int | None:
+        exc = self._last_error
+        error = PermanentError(
+            ErrorKind.INTERNAL,
+            f"{type(exc).__name__}: {exc} (failed {self.internal_error_attempts} times)",
+        )
+        try:
+            await self.processor.dead_letter(envelopes([record])[0], error)
+        except Exception:
+            # Not even dead-lettered (Kafka or the database away): redo it from here later.
+            log.exception(
+                "could not dead-letter a record; it will be redelivered",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+            )
+            rewind(consumer, tp, record.offset)
+            if not await self._wait(self.backoff.max_s):
+                with contextlib.suppress(IllegalStateError):
+                    consumer.resume(tp)
+            rewound: int = record.offset
+            return rewound
+        log.error(
+            "record dead-lettered after internal errors",
+            kind=ErrorKind.INTERNAL.value,
+            reason=error.message,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,
+        )
+        self._on_stall(tp.topic, tp.partition, None)
+        self.committer.mark(consumer, tp, record.offset + 1)
+        return None
+
+    def _internal_error(
+        self,
+        tp: TopicPartition,
+        record: Record,
+        exc: BaseException,
+        *,
+        attempt: int,
+        of_records: int,
+    ) -> None:
+        self._last_error = exc
+        metrics.INTERNAL_ERRORS.inc()
+        reason = f"internal error at offset {record.offset}: {type(exc).__name__}: {exc}"
+        self._on_stall(tp.topic, tp.partition, reason)
+        log.error(
+            "unexpected error while handling records; retrying",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,
+            messages=of_records,
+            attempt=attempt,
+            max_attempts=self.internal_error_attempts,
+            exc_info=exc,
+        )
+
+    def _give_up(self, consumer: Any, tp: TopicPartition, offset: int, reason: str) -> int:
+        log.error(
+            "giving up; stopping (exit code 3)",
+            reason=reason,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+        )
+        rewind(consumer, tp, offset)
+        self._on_give_up()
+        return offset
+
+    async def _wait(self, delay_s: float) -> bool:
+        """Sleep `delay_s`; True when the worker began stopping meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        return self._stopping.is_set()
 
 
 def rewind(consumer: Any, tp: TopicPartition, offset: int) -> None:

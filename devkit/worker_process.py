@@ -1,7 +1,12 @@
-"""The worker as a real process (`capture-worker run`), for e2e and reliability tests."""
+"""`capture-worker run` as a child process: the one helper the tests and the benchmark share.
+
+It takes its own free health port, writes its JSON log to a file, and is stopped by SIGTERM
+(`terminate`, `stop`) or SIGKILL of its whole process group (`kill`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,6 +19,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+class WorkerExited(RuntimeError):
+    """The worker process ended while it was waited for."""
 
 
 def free_port() -> int:
@@ -36,20 +45,30 @@ class WorkerProcess:
             "CAPTURE_HTTP_PORT": str(self.http_port),
             "CAPTURE_LOG_FORMAT": "json",
         }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
-    def get(self, path: str) -> tuple[int, str]:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> None:
+        """Raise WorkerExited (with the log's tail) when the process has ended."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise WorkerExited(f"worker exited with {self.proc.returncode}:\n{self.tail_log()}")
+
+    def get(self, path: str, timeout_s: float = 3.0) -> tuple[int, str]:
+        """(status, body) of a GET on the health port; (0, "") when nothing answers."""
+        url = f"http://127.0.0.1:{self.http_port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=3) as r:
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -61,17 +80,22 @@ class WorkerProcess:
 
     def readiness(self) -> dict[str, object]:
         status, body = self.get("/readyz")
-        return json.loads(body) if status else {}
+        answer: dict[str, object] = json.loads(body) if status else {}
+        return answer
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        """Block until /readyz answers 200; returns the wall-clock time it first did."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail_log()}")
+            self.alive()
             if self.ready():
-                return
-            time.sleep(0.2)
+                return time.time()
+            time.sleep(0.02)
         raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.tail_log()}")
+
+    async def wait_ready_async(self, timeout_s: float = 60.0) -> float:
+        """`wait_ready` for an event loop that must keep running meanwhile."""
+        return await asyncio.to_thread(self.wait_ready, timeout_s)
 
     def metric(self, name: str, labels: str = "") -> float:
         """Sum of a metric's samples whose label text contains `labels`."""
@@ -83,10 +107,20 @@ class WorkerProcess:
         return total
 
     def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait for the exit code (a clean stop commits and leaves the group)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout_s)
+
+    async def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within `timeout_s`; never raises."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            await asyncio.to_thread(self.terminate, timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -31,8 +31,8 @@ from typing import Any
 import asyncpg
 
 from contracts import headers as H
-from tests.reliability.kafka_io import Header, Item, Topics, read
 from tests.support.kafka import Record
+from tests.support.kafka_io import Header, Item, Topics, read
 from tests.support.streams import reference_digest
 
 

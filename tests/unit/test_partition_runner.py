@@ -1,0 +1,201 @@
+"""PartitionRunner: every branch of the delivery policy, with fakes (no FastStream, no Kafka).
+
+The processor, the hold and the committer are the real ones; the store, the publisher and
+the consumer are the fakes of tests/support/fakes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiokafka import TopicPartition
+
+from contracts import ErrorKind
+from tests.support.fakes import (
+    OTHER_USER,
+    TOPIC,
+    USER,
+    FakeConsumer,
+    FakePublisher,
+    FakeStore,
+    limits,
+    record,
+)
+from worker.application.batch import BatchProcessor
+from worker.application.retry import Backoff
+from worker.core import metrics
+from worker.interfaces.http import Health
+from worker.interfaces.kafka.consumer import OffsetCommitter, PartitionHold
+from worker.interfaces.kafka.runner import PartitionRunner
+
+TP = TopicPartition(TOPIC, 0)
+FAST = Backoff(initial_s=0.001, max_s=0.01)
+
+
+class Setup:
+    def __init__(
+        self,
+        store: FakeStore,
+        *,
+        publisher: FakePublisher | None = None,
+        backoff: Backoff = FAST,
+        attempts: int = 3,
+        stop: bool = False,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher or FakePublisher()
+        self.consumer = FakeConsumer({TP})
+        self.committer = OffsetCommitter(backoff)
+        self.health = Health()
+        self.gave_up = 0
+        self.stopping = asyncio.Event()
+        self.runner = PartitionRunner(
+            BatchProcessor(store=store, publisher=self.publisher, limits=limits, backoff=backoff),
+            hold=PartitionHold(),
+            committer=self.committer,
+            backoff=backoff,
+            on_give_up=self.give_up,
+            internal_error_attempts=attempts,
+            stop_on_internal_error=stop,
+            on_stall=self.health.partition_stalled,
+            stopping=self.stopping,
+        )
+
+    def give_up(self) -> None:
+        self.gave_up += 1
+
+    async def committed(self) -> int | None:
+        """The last offset committed for TP once pending commits are flushed."""
+        await self.committer.close()
+        offsets = [c[TP] for c in self.consumer.commits if TP in c]
+        return offsets[-1] if offsets else None
+
+    def statuses(self) -> list[tuple[int, str | None]]:
+        return [
+            (o.envelope.offset, o.error.kind.value if o.error else None)
+            for o in self.publisher.outcomes
+        ]
+
+
+async def test_processed_records_are_committed_past_the_last_one() -> None:
+    s = Setup(FakeStore())
+    rewound = await s.runner(s.consumer, TP, [record(0, 5), record(0, 6)])
+    assert rewound is None
+    assert s.statuses() == [(5, None), (6, None)]
+    assert await s.committed() == 7
+    assert s.consumer.paused() == set()
+
+
+async def test_a_revoked_partition_is_left_to_its_new_owner() -> None:
+    s = Setup(FakeStore())
+    s.consumer.assigned = set()
+    assert await s.runner(s.consumer, TP, [record(0, 5)]) is None
+    assert s.store.calls == []
+    assert await s.committed() is None
+
+
+async def test_a_stalled_partition_is_rewound_and_paused_not_committed() -> None:
+    s = Setup(FakeStore(locked={USER}), backoff=Backoff(initial_s=5, max_s=5))
+    rewound = await s.runner(s.consumer, TP, [record(0, 5), record(0, 6)])
+    assert rewound == 5
+    assert s.consumer.positions[TP] == 5
+    assert TP in s.consumer.paused()
+    assert await s.committed() is None
+    assert s.publisher.outcomes == []
+
+
+async def test_exhausted_retries_rewind_and_stop_the_worker() -> None:
+    backoff = Backoff(initial_s=0.001, max_s=0.001, max_attempts=1)
+    s = Setup(FakeStore(), publisher=FakePublisher(failures=5), backoff=backoff)
+    rewound = await s.runner(s.consumer, TP, [record(0, 5), record(0, 6)])
+    assert rewound == 5
+    assert s.gave_up == 1
+    assert s.consumer.positions[TP] == 5 and TP in s.consumer.paused()
+    assert await s.committed() is None
+
+
+async def test_a_bug_on_one_record_dead_letters_it_as_internal_and_the_rest_go_on() -> None:
+    before = metrics.INTERNAL_ERRORS._value.get()
+    s = Setup(FakeStore(bug=ValueError("boom")), attempts=3)
+    records = [record(0, 5), record(0, 6, url="https://example.com/bug"), record(0, 7)]
+    rewound = await s.runner(s.consumer, TP, records)
+    assert rewound is None
+    # The batch failed once (which record, unknown), then the culprit failed on its own
+    # CAPTURE_INTERNAL_ERROR_ATTEMPTS times.
+    assert s.store.bugs == {json.loads(records[1].value)["command_id"]: 1 + 3}
+    assert s.statuses() == [(5, None), (6, ErrorKind.INTERNAL.value), (7, None)]
+    dead = s.publisher.outcomes[1]
+    assert dead.error is not None and "ValueError: boom" in dead.error.message
+    assert dead.result is not None and dead.result["status"] == "rejected"
+    assert await s.committed() == 8
+    assert metrics.INTERNAL_ERRORS._value.get() - before == 1 + 3
+    assert s.health.stalled == {}  # moving again
+
+
+async def test_a_bug_that_heals_is_retried_in_place_and_nothing_is_dead_lettered() -> None:
+    s = Setup(FakeStore(bug_times=2), attempts=5)
+    records = [record(0, 5, url="https://example.com/bug"), record(0, 6)]
+    assert await s.runner(s.consumer, TP, records) is None
+    assert s.statuses() == [(5, None), (6, None)]
+    assert await s.committed() == 7
+
+
+async def test_readiness_names_the_stalled_partition_while_a_record_is_retried() -> None:
+    s = Setup(FakeStore(), backoff=Backoff(initial_s=0.3, max_s=0.3), attempts=2)
+    s.health.consuming, s.health.up = True, {"kafka": True}
+    task = asyncio.create_task(
+        s.runner(s.consumer, TP, [record(0, 5, url="https://example.com/bug")])
+    )
+    while not s.health.stalled:
+        await asyncio.sleep(0.001)
+    assert not s.health.ready
+    report = s.health.report()
+    assert "internal error at offset 5" in report["stalled_partitions"][f"{TOPIC}[0]"]  # type: ignore[index]
+    assert await task is None
+    assert s.health.ready and "stalled_partitions" not in s.health.report()
+
+
+async def test_stop_mode_exits_instead_of_skipping() -> None:
+    s = Setup(FakeStore(), attempts=2, stop=True)
+    records = [record(0, 5), record(0, 6, url="https://example.com/bug"), record(0, 7)]
+    rewound = await s.runner(s.consumer, TP, records)
+    assert rewound == 6
+    assert s.gave_up == 1
+    assert s.statuses() == [(5, None)]  # nothing at or after the culprit was processed
+    assert s.consumer.positions[TP] == 6 and TP in s.consumer.paused()
+    assert await s.committed() == 6
+
+
+async def test_stopping_during_a_retry_rewinds_to_the_culprit() -> None:
+    s = Setup(FakeStore(), backoff=Backoff(initial_s=30, max_s=30), attempts=5)
+    task = asyncio.create_task(
+        s.runner(s.consumer, TP, [record(0, 5, url="https://example.com/bug"), record(0, 6)])
+    )
+    while not s.health.stalled:
+        await asyncio.sleep(0.001)
+    s.stopping.set()
+    assert await asyncio.wait_for(task, 10) == 5
+    assert s.consumer.positions[TP] == 5
+    assert await s.committed() is None
+
+
+@pytest.mark.parametrize("kafka_down", [True])
+async def test_a_record_that_cannot_be_dead_lettered_is_redelivered(kafka_down: bool) -> None:
+    # The publisher fails permanently for the DLQ write: the record must not be committed.
+    backoff = Backoff(initial_s=0.001, max_s=0.001, max_attempts=0)
+
+    class DownForDeadLetters(FakePublisher):
+        async def publish(self, outcomes: object) -> None:
+            outcomes = list(outcomes)  # type: ignore[call-overload]
+            if kafka_down and any(o.error for o in outcomes):
+                raise RuntimeError("no dead letters today")
+            self.outcomes += outcomes
+
+    s = Setup(FakeStore(), publisher=DownForDeadLetters(), backoff=backoff, attempts=2)
+    other = record(0, 4, user=OTHER_USER)
+    rewound = await s.runner(s.consumer, TP, [other, record(0, 5, url="https://example.com/bug")])
+    assert rewound == 5
+    assert s.consumer.positions[TP] == 5
+    assert await s.committed() == 5  # the record before it only
