@@ -36,6 +36,8 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     http_port: int = field(default_factory=free_port)
+    #: A module imported before the worker starts (tests use it to inject faults in-process).
+    preload: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -45,9 +47,17 @@ class WorkerProcess:
             "CAPTURE_HTTP_PORT": str(self.http_port),
             "CAPTURE_LOG_FORMAT": "json",
         }
+        if self.preload is None:
+            command = [sys.executable, "-m", "worker.interfaces.cli.main", "run"]
+        else:
+            script = (
+                f"import importlib, runpy; importlib.import_module({self.preload!r}); "
+                "runpy.run_module('worker.interfaces.cli.main', run_name='__main__')"
+            )
+            command = [sys.executable, "-c", script, "run"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.interfaces.cli.main", "run"],
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -25,7 +26,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def root(
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -39,9 +40,22 @@ db.register(app)
 publish.register(app)
 tail.register(app)
 replay.register(app)
-# stack, demo, bench, bench-db: the devkit's, when it is installed with its extras.
-extensions.load(app)
+
+
+def _builtin_commands() -> set[str]:
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    return names | {g.name or "" for g in app.registered_groups}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. Extensions (the devkit's stack, demo, bench, bench-db) are loaded only
+    when the command is not the worker's own, so `capture-worker run` never imports them."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command is None or command not in _builtin_commands():
+        extensions.load(app)
+    app(args=args)
 
 
 if __name__ == "__main__":
-    app()
+    main()
