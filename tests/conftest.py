@@ -5,3 +5,11 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.workers",
 ]
+
+
+def pytest_configure(config: object) -> None:
+    # JSON log lines, as the worker writes them in production (structlog's unconfigured
+    # default renders rich tracebacks with every local, slowly).
+    from worker.core.logging import configure_logging  # noqa: PLC0415
+
+    configure_logging("json", "INFO")

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Iterator
 
 import typer
+from rich.markup import escape
 
 from worker.interfaces.cli import extensions
 from worker.interfaces.cli.output import fail
@@ -45,6 +46,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _missing(app: typer.Typer, name: str, extra: str, exc: ImportError) -> None:
-    @app.command(name, help=f"(needs: pip install 'capture-worker[{extra}]')")
+    @app.command(name, help=escape(f"(needs: pip install 'capture-worker[{extra}]')"))
     def needs_extra() -> None:
-        fail(f"`{name}` needs the [{extra}] extra: pip install 'capture-worker[{extra}]' ({exc})")
+        fail(
+            escape(f"`{name}` needs the [{extra}] extra: pip install 'capture-worker[{extra}]'")
+            + f" ({escape(str(exc))})"
+        )

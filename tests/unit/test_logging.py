@@ -38,3 +38,19 @@ def test_debug_switch_follows_the_level() -> None:
         assert debug_enabled()
     finally:
         configure_logging("json", "INFO")
+
+
+def test_pretty_tracebacks_show_no_locals(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("pretty", "INFO")
+    try:
+        # A local whose value (not its source line) would only show with the locals.
+        secret_embedding = [i / 7 for i in range(8)]  # noqa: F841
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            get_logger("t").exception("failed")
+        err = capsys.readouterr().err
+        assert "ValueError" in err and "boom" in err
+        assert "0.14285714" not in err
+    finally:
+        configure_logging("json", "INFO")

@@ -30,7 +30,13 @@ def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: st
         _drop_secrets,
     ]
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(
+            # Rich's default shows every frame's locals: a command's embedding, a settings
+            # object, and seconds of rendering per traceback.
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
+        if pretty
+        else structlog.processors.JSONRenderer()
     )
     if not pretty:
         shared.append(structlog.processors.format_exc_info)
