@@ -1,0 +1,311 @@
+-- 0005: the typed, binary batch ingest beside the JSON one.
+--
+-- The worker has decoded and validated every command already, so it sends the batch as typed
+-- arrays (uuid[], text[], vector[] in pgvector's binary form, float8[], timestamptz[]): no JSON
+-- is parsed here and no embedding goes through text. Same semantics as one
+-- ingest_with_signal(jsonb) per element, in order; ingest_with_signal stays the contract and the
+-- reference (a differential test feeds both the same streams and compares results and digests).
+--
+-- No subtransaction per command in the common case: every reason to refuse a command (shape,
+-- a command_id reused with another payload) is found BEFORE that command writes anything, and
+-- a refused command comes back as an error element instead of raising; so the batch writes
+-- without savepoints. Only a write that fails unexpectedly (a concurrent transaction claimed the
+-- same command_id for another user, a constraint the checks did not foresee) aborts the call;
+-- the caller then repeats it with isolate => true, where each command runs in its own
+-- subtransaction as ingest_batch does. (100 savepoints that write per batch overflowed
+-- PostgreSQL's 64-entry per-backend subtransaction cache and slowed every concurrent snapshot.)
+--
+-- Security (the rule for every SECURITY DEFINER function from 0004 on): search_path pinned with
+-- pg_temp last, and every relation and function of ours schema-qualified, so that a caller's
+-- temp tables can never stand in for ours. Operators and types of pgvector resolve through
+-- `extensions` (Supabase) or `public`.
+
+-- ---------------------------------------------------------------------------------------------
+-- _ingest_typed(cfg, fields...) -> the CaptureResult, or for a refused command the error
+-- element {"command_id", "error": {"kind", "message", "sqlstate"}}; in both cases nothing of a
+-- refused command was written. The messages and SQLSTATEs are those _ingest raises for the same
+-- values. Raises only when a write fails (see above). The caller holds the user's lock.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION capture._ingest_typed(
+    cfg capture.ingest_config,
+    p_command_id uuid,
+    p_user_id uuid,
+    p_url text,
+    p_title text,
+    p_embedding vector,
+    p_depth double precision,
+    p_occurred timestamptz
+) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+DECLARE
+    v_hash        uuid;
+    v_canonical   text;
+    v_artifact_id uuid;
+    v_created     boolean;
+    v_signal_lvl  capture.engagement_level;
+    v_prev        capture.engagement_level;
+    v_level       capture.engagement_level;
+    v_subspace_id uuid;
+    v_sub_created boolean := false;
+    v_margin      double precision;
+    v_runner_up   uuid;
+    v_n           integer := 0;
+    v_best_id     uuid;
+    v_best        double precision;
+    v_second_id   uuid;
+    v_second      double precision;
+    v_row         record;
+    v_stored_hash uuid;
+    v_result      jsonb;
+    v_now         timestamptz;
+    v_problem     text;
+    v_state       text;
+BEGIN
+    -- Shape, in _ingest's order, so that the first problem named is the same one.
+    v_state := '23502';
+    v_problem := CASE
+        WHEN p_command_id IS NULL THEN 'command_id: required'
+        WHEN p_user_id IS NULL THEN 'user_id: required'
+        WHEN p_url IS NULL THEN 'url: required'
+        WHEN p_embedding IS NULL THEN 'embedding: required'
+        WHEN p_depth IS NULL THEN 'reading_depth: required'
+        WHEN p_occurred IS NULL THEN 'occurred_at: required' END;
+    IF v_problem IS NULL AND cfg.embedding_dim IS NOT NULL
+       AND vector_dims(p_embedding) <> cfg.embedding_dim THEN
+        v_state := '22023';
+        v_problem := format('embedding: expected %s dimensions, got %s',
+                            cfg.embedding_dim, vector_dims(p_embedding));
+    END IF;
+    IF v_problem IS NULL THEN
+        IF char_length(p_url) > 2048 THEN
+            v_state := '22001';
+            v_problem := format('url: at most 2048 characters, got %s', char_length(p_url));
+        ELSIF p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]' THEN
+            v_state := '22023';
+            v_problem := 'url: must be an http(s) URL without whitespace';
+        ELSE
+            v_canonical := capture.canonical_url(p_url);
+            IF v_canonical !~* '^https?://[^/?#:]' THEN
+                v_state := '22023';
+                v_problem := 'url: must have a host';
+            ELSIF char_length(p_title) > 512 THEN
+                v_state := '22001';
+                v_problem := format('title: at most 512 characters, got %s', char_length(p_title));
+            ELSIF vector_norm(p_embedding) = 0 THEN
+                v_state := '22023';
+                v_problem := 'embedding: must not be all zero';
+            ELSIF NOT (p_depth >= 0 AND p_depth <= 1.5) THEN
+                v_state := '22003';
+                v_problem := format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth);
+            END IF;
+        END IF;
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        RETURN capture._refusal(p_command_id, 'constraint', v_problem, v_state);
+    END IF;
+
+    -- The same payload hash as _ingest (see there): the ledger of one path serves the other.
+    v_hash := md5(
+        convert_to(jsonb_build_array(p_command_id, p_user_id, p_url, p_title,
+                                     extract(epoch FROM p_occurred), 1)::text, 'UTF8')
+        || float8send(p_depth) || vector_send(p_embedding))::uuid;
+
+    -- Idempotency. A repeat returns the stored result; another payload is a conflict. Both are
+    -- decided here, before anything is written.
+    SELECT l.payload_hash, l.result INTO v_stored_hash, v_result
+    FROM capture.command_ledger l WHERE l.command_id = p_command_id;
+    IF FOUND THEN
+        IF v_stored_hash = v_hash THEN
+            RETURN v_result;
+        END IF;
+        RETURN capture._refusal(p_command_id, 'conflict',
+            format('command_id %s: already processed with a different payload', p_command_id),
+            'CW409');
+    END IF;
+
+    v_signal_lvl := CASE
+        WHEN p_depth >= cfg.deep THEN 'deep'
+        WHEN p_depth >= cfg.read THEN 'read'
+        WHEN p_depth >= cfg.skimmed THEN 'skimmed'
+        ELSE 'captured' END;
+
+    v_artifact_id := md5('artifact:' || p_user_id || ':' || v_canonical)::uuid;
+    SELECT a.engagement_level, a.subspace_id, a.assignment_margin, a.runner_up_subspace_id
+    INTO v_prev, v_subspace_id, v_margin, v_runner_up
+    FROM capture.artifacts a WHERE a.artifact_id = v_artifact_id;
+    v_created := NOT FOUND;
+
+    IF NOT v_created THEN
+        v_level := greatest(v_prev, v_signal_lvl);
+        UPDATE capture.artifacts SET
+            engagement_level = v_level,
+            signal_count = signal_count + 1,
+            title = coalesce(p_title, title),
+            last_occurred_at = greatest(last_occurred_at, p_occurred)
+        WHERE artifact_id = v_artifact_id;
+    ELSE
+        v_level := v_signal_lvl;
+        FOR v_row IN
+            SELECT s.subspace_id AS id,
+                   coalesce(nullif(1 - (s.centroid_sum <=> p_embedding), 'NaN'::float8), 0) AS sim
+            FROM capture.subspaces s WHERE s.user_id = p_user_id
+        LOOP
+            v_n := v_n + 1;
+            IF v_best_id IS NULL OR v_row.sim > v_best OR (v_row.sim = v_best AND v_row.id < v_best_id) THEN
+                v_second_id := v_best_id; v_second := v_best;
+                v_best_id := v_row.id; v_best := v_row.sim;
+            ELSIF v_second_id IS NULL OR v_row.sim > v_second OR (v_row.sim = v_second AND v_row.id < v_second_id) THEN
+                v_second_id := v_row.id; v_second := v_row.sim;
+            END IF;
+        END LOOP;
+
+        IF v_n = 0 OR (v_best < cfg.join_threshold AND v_n < cfg.max_per_user) THEN
+            v_subspace_id := md5('subspace:' || v_artifact_id)::uuid;
+            v_sub_created := true;
+            INSERT INTO capture.subspaces (subspace_id, user_id, founding_artifact_id, centroid_sum,
+                                           member_count, created_at)
+            VALUES (v_subspace_id, p_user_id, v_artifact_id, p_embedding, 1, p_occurred);
+            v_margin := 1.0 - v_best;
+            v_runner_up := v_best_id;
+        ELSE
+            v_subspace_id := v_best_id;
+            UPDATE capture.subspaces SET centroid_sum = centroid_sum + p_embedding,
+                                         member_count = member_count + 1
+            WHERE subspace_id = v_subspace_id;
+            v_margin := v_best - v_second;
+            v_runner_up := v_second_id;
+        END IF;
+
+        INSERT INTO capture.artifacts (artifact_id, user_id, canonical_url, url, title, embedding,
+                                       engagement_level, signal_count, subspace_id,
+                                       assignment_margin, runner_up_subspace_id,
+                                       first_occurred_at, last_occurred_at)
+        VALUES (v_artifact_id, p_user_id, v_canonical, p_url, p_title, p_embedding,
+                v_level, 1, v_subspace_id, v_margin, v_runner_up, p_occurred, p_occurred);
+    END IF;
+
+    v_now := clock_timestamp();
+    v_result := jsonb_build_object(
+        'event_id', md5('capture.result:' || p_command_id)::uuid,
+        'command_id', p_command_id,
+        'user_id', p_user_id,
+        'status', 'ingested',
+        'artifact_id', v_artifact_id,
+        'artifact_created', v_created,
+        'engagement_level', v_level,
+        'previous_engagement_level', v_prev,
+        'subspace_id', v_subspace_id,
+        'subspace_created', v_sub_created,
+        'assignment_margin', v_margin::numeric,
+        'runner_up_subspace_id', v_runner_up,
+        'processed_at', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        'error', NULL,
+        'schema_version', 1);
+
+    -- A concurrent transaction of another user may hold the same command_id uncommitted (the
+    -- lookup above could not see it): this is the one refusal found only while writing.
+    -- Raising aborts the whole call; the caller repeats it isolated (see the header).
+    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
+    VALUES (p_command_id, p_user_id, v_hash, v_result, v_now)
+    ON CONFLICT (command_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'command_id %: already processed with a different payload', p_command_id
+            USING ERRCODE = 'CW409';
+    END IF;
+
+    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
+                                 occurred_at)
+    VALUES (p_command_id, v_artifact_id, p_user_id, p_depth, v_signal_lvl, p_occurred);
+
+    RETURN v_result;
+END;
+$$;
+
+-- The error element of a refused command, as ingest_batch gives it.
+CREATE FUNCTION capture._refusal(command_id uuid, kind text, message text, sqlstate text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object('command_id', command_id,
+                              'error', jsonb_build_object('kind', kind, 'message', message,
+                                                          'sqlstate', sqlstate))
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- ingest_typed(arrays of equal length, isolate) -> jsonb array, same order, one element per
+-- command, exactly as ingest_batch returns them (a CaptureResult, or an error element).
+--
+-- isolate => false (the common case): no subtransaction; a refused command is an error element
+-- and wrote nothing, the others commit. An unexpected write failure raises (class 22/23 or
+-- CW409) and nothing of the call is committed: call again with isolate => true.
+-- isolate => true: each command in its own subtransaction, like ingest_batch.
+-- Any other error (deadlock, lock timeout, lost connection) aborts the call: retry it.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION capture.ingest_typed(
+    command_ids uuid[],
+    user_ids uuid[],
+    urls text[],
+    titles text[],
+    embeddings vector[],
+    reading_depths double precision[],
+    occurred_ats timestamptz[],
+    isolate boolean DEFAULT false
+) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+DECLARE
+    v_cfg     capture.ingest_config := capture._ingest_config();
+    v_n       integer := coalesce(cardinality(command_ids), 0);
+    v_key     bigint;
+    v_results jsonb[] := '{}';
+    v_result  jsonb;
+    i         integer;
+BEGIN
+    IF coalesce(cardinality(user_ids), 0) <> v_n OR coalesce(cardinality(urls), 0) <> v_n
+       OR coalesce(cardinality(titles), 0) <> v_n OR coalesce(cardinality(embeddings), 0) <> v_n
+       OR coalesce(cardinality(reading_depths), 0) <> v_n
+       OR coalesce(cardinality(occurred_ats), 0) <> v_n THEN
+        RAISE EXCEPTION 'ingest_typed: the arrays must all have % elements', v_n
+            USING ERRCODE = '22023';
+    END IF;
+
+    -- All the batch's user locks up front, in one global order (as ingest_batch does).
+    FOR v_key IN
+        SELECT DISTINCT uuid_hash_extended(u, 0) FROM unnest(user_ids) AS t(u)
+        WHERE u IS NOT NULL ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(v_key);
+    END LOOP;
+
+    FOR i IN 1 .. v_n LOOP
+        IF isolate THEN
+            BEGIN
+                v_result := capture._ingest_typed(v_cfg, command_ids[i], user_ids[i], urls[i],
+                    titles[i], embeddings[i], reading_depths[i], occurred_ats[i]);
+            EXCEPTION WHEN data_exception OR integrity_constraint_violation OR SQLSTATE 'CW409' THEN
+                v_result := capture._refusal(command_ids[i],
+                    CASE WHEN SQLSTATE = 'CW409' THEN 'conflict' ELSE 'constraint' END,
+                    SQLERRM, SQLSTATE);
+            END;
+        ELSE
+            v_result := capture._ingest_typed(v_cfg, command_ids[i], user_ids[i], urls[i],
+                titles[i], embeddings[i], reading_depths[i], occurred_ats[i]);
+        END IF;
+        v_results := array_append(v_results, v_result);
+    END LOOP;
+    RETURN to_jsonb(v_results);
+END;
+$$;
+
+REVOKE ALL ON FUNCTION capture._ingest_typed(capture.ingest_config, uuid, uuid, text, text, vector,
+                                             double precision, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION capture._refusal(uuid, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION capture.ingest_typed(uuid[], uuid[], text[], text[], vector[],
+                                            double precision[], timestamptz[], boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION capture.ingest_typed(uuid[], uuid[], text[], text[], vector[],
+                                               double precision[], timestamptz[], boolean)
+    TO capture_worker;
