@@ -1,9 +1,10 @@
 """`capture-worker bench-db`: the raw throughput of the ingest functions, Kafka left out.
 
 On a fresh temporary database (created from the given server, migrated, dropped at the end)
-the same pre-generated command stream is ingested four times, from an empty state each time:
-sequential `ingest_with_signal` calls and `ingest_batch` calls, each with and without the HNSW
-index. This is the ceiling the worker's own throughput is measured against. Every run must
+the same pre-generated command stream is ingested six times, from an empty state each time:
+sequential `ingest_with_signal` calls, `ingest_batch` calls (JSON) and `ingest_typed` calls
+(typed arrays, binary vectors; decoded before the clock starts), each with and without the
+HNSW index. This is the ceiling the worker's own throughput is measured against. Every run must
 end in the same state digest; the report says whether it did.
 """
 
@@ -18,7 +19,10 @@ import asyncpg
 import typer
 from rich.table import Table
 
+from contracts import CaptureArtifactCommand
 from devkit.synthetic import generate_lines
+from worker.application.capture import ingest_command
+from worker.application.ports import IngestCommand
 from worker.core.config import get_settings
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.db_errors import translate_db_errors
@@ -36,7 +40,12 @@ async def _admin(dsn: str, sql: str) -> None:
 
 
 async def _timed_run(
-    repo: ArtifactRepository, lines: list[str], *, batch_size: int | None
+    repo: ArtifactRepository,
+    lines: list[str],
+    typed: list[IngestCommand],
+    *,
+    batch_size: int | None,
+    mode: str,
 ) -> tuple[int, float]:
     """Ingest every line; returns (calls made, seconds)."""
     calls = 0
@@ -44,6 +53,10 @@ async def _timed_run(
     if batch_size is None:
         for line in lines:
             await repo.ingest_with_signal(line)
+            calls += 1
+    elif mode.startswith("typed"):
+        for start in range(0, len(typed), batch_size):
+            await repo.ingest_commands(typed[start : start + batch_size])
             calls += 1
     else:
         for start in range(0, len(lines), batch_size):
@@ -56,6 +69,11 @@ async def run_bench(
     admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
 ) -> dict[str, Any]:
     lines = list(generate_lines(count, users=users, seed=seed, dim=dim))
+    context = {"embedding_dim": dim}
+    typed = [
+        ingest_command(CaptureArtifactCommand.model_validate_json(line, context=context))
+        for line in lines
+    ]
     name = f"cw_bench_{uuid.uuid4().hex[:12]}"
     with translate_db_errors("bench-db"):
         await _admin(admin_dsn, f'CREATE DATABASE "{name}"')
@@ -73,13 +91,19 @@ async def run_bench(
                 runs: list[dict[str, Any]] = []
                 digests: set[str] = set()
                 for hnsw in (False, True):
-                    for mode, size in (("sequential", None), (f"batch-{batch_size}", batch_size)):
+                    for mode, size in (
+                        ("sequential", None),
+                        (f"batch-{batch_size}", batch_size),
+                        (f"typed-{batch_size}", batch_size),
+                    ):
                         await repo.reset_state()
                         if hnsw:
                             await repo.create_embedding_index()
                         else:
                             await repo.drop_embedding_index()
-                        calls, seconds = await _timed_run(repo, lines, batch_size=size)
+                        calls, seconds = await _timed_run(
+                            repo, lines, typed, batch_size=size, mode=mode
+                        )
                         digests.add(await repo.state_digest())
                         runs.append(
                             {

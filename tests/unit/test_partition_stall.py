@@ -13,6 +13,7 @@ from aiokafka.errors import IllegalStateError
 
 from worker.application.batch import BatchProcessor, Stall
 from worker.application.capture import Limits, Outcome
+from worker.application.ports import IngestCommand
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
 from worker.interfaces.kafka.consumer import PartitionHold
@@ -41,8 +42,8 @@ def record(partition: int, offset: int, user: str) -> ConsumerRecord[bytes, byte
 class LockedStore:
     """Times out on the locked user's rows (SQLSTATE 55P03), ingests everyone else."""
 
-    async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
-        commands = [json.loads(text) for text in commands_json]
+    async def ingest_commands(self, typed: Sequence[IngestCommand]) -> list[Any]:
+        commands = [{"user_id": str(c.user_id), "command_id": str(c.command_id)} for c in typed]
         if any(c["user_id"] == LOCKED_USER for c in commands):
             raise TransientError("ingest_batch: lock not available", sqlstate="55P03")
         return [{"command_id": c["command_id"], "status": "ingested"} for c in commands]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.unit.test_partition_stall import FREE_USER, LOCKED_USER, Published, record
 from worker.application.batch import BatchProcessor
 from worker.application.capture import Limits
+from worker.application.ports import IngestCommand
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
 from worker.interfaces.cli.replay import _process_fully
@@ -20,8 +20,8 @@ class LockedTwice:
     def __init__(self) -> None:
         self.failures = 0
 
-    async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
-        commands = [json.loads(text) for text in commands_json]
+    async def ingest_commands(self, typed: Sequence[IngestCommand]) -> list[Any]:
+        commands = [{"user_id": str(c.user_id), "command_id": str(c.command_id)} for c in typed]
         if any(c["user_id"] == LOCKED_USER for c in commands) and self.failures < 2:
             self.failures += 1
             raise TransientError("ingest_batch: lock not available", sqlstate="55P03")

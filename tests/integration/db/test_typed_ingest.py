@@ -122,8 +122,14 @@ def mixed_stream(seed: int) -> list[dict[str, Any]]:
             poison(user, embedding=[1e-50] * len(vector)),  # all zero once in float32
         ]
         # A later valid command of the same user after its poison, at a new url.
-        extra.append(command(user_id=user, url=f"https://after.example.com/{new_id()}",
-                             embedding=vector, occurred_at=BASE_TIME))
+        extra.append(
+            command(
+                user_id=user,
+                url=f"https://after.example.com/{new_id()}",
+                embedding=vector,
+                occurred_at=BASE_TIME,
+            )
+        )
     # Each user's extras go after that user's stream, so every user's order is kept as given.
     return commands + extra
 
@@ -201,8 +207,12 @@ async def test_a_write_that_fails_unexpectedly_is_redone_isolated(
     url = await fresh_database()
     rng = np.random.default_rng(9)
     mine = stream(rng, users=[new_id()], per_user=6)
-    theirs = command(user_id=new_id(), url="https://example.com/theirs", embedding=unit(rng),
-                     command_id=mine[3]["command_id"])
+    theirs = command(
+        user_id=new_id(),
+        url="https://example.com/theirs",
+        embedding=unit(rng),
+        command_id=mine[3]["command_id"],
+    )
     pool = await create_pool(url, max_size=3)
     try:
         repo = ArtifactRepository(pool)
@@ -215,9 +225,7 @@ async def test_a_write_that_fails_unexpectedly_is_redone_isolated(
             assert not pending.done()
             await transaction.commit()
             replies = await asyncio.wait_for(pending, 60)
-        statuses = [
-            r.kind.value if isinstance(r, PermanentError) else r["status"] for r in replies
-        ]
+        statuses = [r.kind.value if isinstance(r, PermanentError) else r["status"] for r in replies]
         assert statuses == ["ingested"] * 3 + ["conflict"] + ["ingested"] * 2
         counts = await table_counts(pool)
         assert counts["signals"] == 6  # five of mine and theirs; the refused one wrote nothing
