@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,15 +20,16 @@ ResultObject = dict[str, Any]
 class IngestCommand:
     """A validated command, typed for the database: only the contract's fields, no JSON.
 
-    The embedding is a float32 `array` (what the database stores), not a list of Python
-    floats: 1.5 kB in one object the cyclic GC never walks.
+    The embedding is what the database stores: IEEE 754 float32 numbers, big-endian, 4 bytes
+    each, in one `bytes` object (the cyclic GC never walks it) instead of a list of Python
+    floats. `embedding_dim` is len(embedding) // 4.
     """
 
     command_id: UUID
     user_id: UUID
     url: str
     title: str | None
-    embedding: array[float]
+    embedding: bytes
     reading_depth: float
     occurred_at: datetime
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
-from array import array
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -33,16 +31,13 @@ def _encode_json(value: Any) -> str:
 _VECTOR_HEADER = struct.Struct(">HH")  # pgvector's binary form: dim, unused, then float4s
 
 
-def vector_binary(value: array[float]) -> bytes:
-    """pgvector's binary form of a float32 array: what to pass for a `vector` parameter.
+def vector_binary(embedding: bytes) -> bytes:
+    """pgvector's binary form of big-endian float32 numbers: what to pass for a `vector`.
 
-    Bytes, not the array itself: asyncpg takes any sized iterable inside a list parameter for
-    one more array dimension, so a vector[] argument must hold opaque elements.
+    Bytes, not a sequence of numbers: asyncpg takes any sized iterable inside a list parameter
+    for one more array dimension, so a vector[] argument must hold opaque elements.
     """
-    data = array("f", value)
-    if sys.byteorder == "little":
-        data.byteswap()
-    return _VECTOR_HEADER.pack(len(data), 0) + data.tobytes()
+    return _VECTOR_HEADER.pack(len(embedding) // 4, 0) + embedding
 
 
 def encode_vector(value: Any) -> bytes:
@@ -50,8 +45,6 @@ def encode_vector(value: Any) -> bytes:
     anything else goes through pgvector's Vector (lists, numpy arrays)."""
     if isinstance(value, bytes):
         return value
-    if isinstance(value, array) and value.typecode == "f":
-        return vector_binary(value)
     vector = value if isinstance(value, Vector) else Vector(value)
     binary: bytes = vector.to_binary()
     return binary

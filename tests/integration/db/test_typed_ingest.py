@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from array import array
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -47,7 +47,7 @@ def typed(c: dict[str, Any]) -> IngestCommand:
         user_id=UUID(c["user_id"]),
         url=c["url"],
         title=c.get("title"),
-        embedding=array("f", c["embedding"]),
+        embedding=struct.pack(f">{len(c['embedding'])}f", *c["embedding"]),
         reading_depth=float(c["reading_depth"]),
         occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else occurred,
     )
@@ -253,3 +253,21 @@ async def test_a_text_postgresql_cannot_hold_refuses_the_call_as_a_whole(
         assert (await table_counts(pool))["signals"] == 0
     finally:
         await pool.close()
+
+
+async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
+    """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p"
+            " WHERE p.pronamespace = 'capture'::regnamespace"
+            " AND p.proname IN ('ingest_typed', '_ingest_typed', '_refusal')"
+        )
+    finally:
+        await conn.close()
+    assert {r["proname"] for r in rows} == {"ingest_typed", "_ingest_typed", "_refusal"}
+    for row in rows:
+        (path,) = [c for c in row["proconfig"] if c.startswith("search_path=")]
+        assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp", row
+    assert [r["proname"] for r in rows if r["prosecdef"]] == ["ingest_typed"]
