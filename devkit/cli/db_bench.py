@@ -16,6 +16,7 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
+import psutil  # type: ignore[import-untyped]
 import typer
 from rich.table import Table
 
@@ -65,6 +66,12 @@ async def _timed_run(
     return calls, time.perf_counter() - started
 
 
+def _backend_cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of the database's server process for our connection."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def run_bench(
     admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
 ) -> dict[str, Any]:
@@ -88,6 +95,7 @@ async def run_bench(
                     "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
                 )
                 sync_commit = await pool.fetchval("SHOW synchronous_commit")
+                backend = psutil.Process(await pool.fetchval("SELECT pg_backend_pid()"))
                 runs: list[dict[str, Any]] = []
                 digests: set[str] = set()
                 for hnsw in (False, True):
@@ -101,9 +109,11 @@ async def run_bench(
                             await repo.create_embedding_index()
                         else:
                             await repo.drop_embedding_index()
+                        cpu_before = _backend_cpu(backend)
                         calls, seconds = await _timed_run(
                             repo, lines, typed, batch_size=size, mode=mode
                         )
+                        cpu = _backend_cpu(backend) - cpu_before
                         digests.add(await repo.state_digest())
                         runs.append(
                             {
@@ -114,6 +124,9 @@ async def run_bench(
                                 "seconds": round(seconds, 3),
                                 "commands_per_s": round(len(lines) / seconds, 1),
                                 "calls_per_s": round(calls / seconds, 1),
+                                # CPU the server process spent: far steadier than wall time
+                                # on a shared machine (it leaves out waiting for the cores).
+                                "backend_cpu_us_per_command": round(cpu / len(lines) * 1e6, 1),
                             }
                         )
             finally:
@@ -138,7 +151,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['pgvector']}, dim {report['embedding_dim']}, "
         f"synchronous_commit={report['synchronous_commit']}"
     )
-    for column in ("mode", "HNSW index", "commands", "calls", "seconds", "commands/s", "calls/s"):
+    columns = ("mode", "HNSW index", "commands", "calls", "seconds", "commands/s", "calls/s")
+    for column in (*columns, "server CPU µs/command"):
         table.add_column(column, justify="left" if column in ("mode", "HNSW index") else "right")
     for run in report["runs"]:
         table.add_row(
@@ -149,6 +163,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{run['seconds']:.2f}",
             f"{run['commands_per_s']:.0f}",
             f"{run['calls_per_s']:.0f}",
+            f"{run['backend_cpu_us_per_command']:.0f}",
         )
     console.print(table)
     if not report["same_digest_every_run"]:
