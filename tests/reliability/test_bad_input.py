@@ -255,6 +255,26 @@ def boundaries(bases: list[dict[str, Any]]) -> list[Case]:
         # Deeper than the documented limit: invalid, and its result carries its ids (tally).
         (2, deep_with_ids, frozenset({INVALID}), POISON_HEADERS),
         (2, at_limit, None, VALID_HEADERS),  # at the limit, in an unknown field: ingested
+        # One of each kind whatever the generator drew, so the kinds asserted below are there.
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "schema_version": 2}),
+            frozenset({VERSION}),
+            POISON_HEADERS,
+        ),
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "title": "nul \x00"}),
+            frozenset({CONSTRAINT}),
+            POISON_HEADERS,
+        ),
+        # U+0000 in an unknown field: ignored like the field itself (SPEC §3), so ingested.
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "note": "nul \x00"}),
+            None,
+            VALID_HEADERS,
+        ),
     ]
 
 
