@@ -55,7 +55,7 @@ class ArtifactRepository:
             elements: list[dict[str, Any]] = await self._pool.fetchval(
                 "SELECT capture.ingest_batch($1::jsonb)", payload
             )
-        return [_element(e) for e in elements]
+        return [reply_of(e) for e in elements]
 
     async def ingest_commands(
         self, commands: Sequence[IngestCommand]
@@ -84,7 +84,7 @@ class ArtifactRepository:
             )
             with translate_db_errors("ingest_typed"):
                 elements = await self._pool.fetchval(_INGEST_TYPED, *arguments, True)
-        return [_element(e) for e in elements]
+        return [reply_of(e) for e in elements]
 
     async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store rejected results by event_id (first one wins); return the stored versions."""
@@ -156,7 +156,7 @@ def typed_arguments(commands: Sequence[IngestCommand]) -> tuple[list[Any], ...]:
     )
 
 
-def _element(element: dict[str, Any]) -> dict[str, Any] | PermanentError:
+def reply_of(element: dict[str, Any]) -> dict[str, Any] | PermanentError:
     error = element.get("error")
     if not error:
         return element

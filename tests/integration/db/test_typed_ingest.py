@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -34,7 +35,7 @@ from tests.integration.db.test_determinism import interleave
 from worker.application.ports import IngestCommand
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.repository import ArtifactRepository, typed_arguments
+from worker.infrastructure.repository import ArtifactRepository, reply_of, typed_arguments
 
 Normalised = tuple[Any, ...]
 
@@ -53,9 +54,18 @@ def typed(c: dict[str, Any]) -> IngestCommand:
     )
 
 
+_DEPTH_RANGE = re.compile(r"^(reading_depth: must be between 0\.0 and 1\.5, got )(\S+)$")
+
+
 def normalise(reply: dict[str, Any] | PermanentError) -> Normalised:
+    """Without the wall clock; and the one message that quotes a number: the reference quotes
+    the JSON text as written ("7.0"), the typed path the float8 it got ("7")."""
     if isinstance(reply, PermanentError):
-        return ("refused", reply.kind.value, reply.sqlstate, reply.message)
+        message = reply.message
+        match = _DEPTH_RANGE.match(message)
+        if match is not None:
+            message = f"{match.group(1)}{float(match.group(2))!r}"
+        return ("refused", reply.kind.value, reply.sqlstate, message)
     return ("ingested", tuple(sorted(strip_clock(reply).items())))
 
 
@@ -77,13 +87,19 @@ async def through_reference(url: str, commands: Sequence[dict[str, Any]]) -> tup
 async def through_typed(
     url: str, commands: Sequence[dict[str, Any]], batch: int
 ) -> tuple[list[Any], str]:
+    """The fast path itself (isolate => false): the repository's isolated retry would hide
+    a fast-path mistake that makes a write fail."""
     pool = await create_pool(url, max_size=1)
     try:
         repo = ArtifactRepository(pool)
         out: list[Normalised] = []
         for start in range(0, len(commands), batch):
             chunk = [typed(c) for c in commands[start : start + batch]]
-            out.extend(normalise(r) for r in await repo.ingest_commands(chunk))
+            elements = await pool.fetchval(
+                "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)",
+                *typed_arguments(chunk),
+            )
+            out.extend(normalise(reply_of(e)) for e in elements)
         return out, await repo.state_digest()
     finally:
         await pool.close()
@@ -130,14 +146,27 @@ def mixed_stream(seed: int) -> list[dict[str, Any]]:
                 occurred_at=BASE_TIME,
             )
         )
+    # Right behind their originals (so inside the same batch): a repeat, then a conflict, then
+    # a poison command with the same id, then the same repeat once more.
+    near: list[dict[str, Any]] = []
+    chosen = {id(c) for c in pick.sample(commands, 6)}
+    for c in commands:
+        near.append(c)
+        if id(c) in chosen:
+            near += [
+                dict(c),
+                {**c, "title": "another payload"},
+                {**c, "reading_depth": 7.0},
+                dict(c),
+            ]
     # Each user's extras go after that user's stream, so every user's order is kept as given.
-    return commands + extra
+    return near + extra
 
 
 async def test_typed_ingest_equals_the_reference_command_by_command(
     fresh_database: Callable[[], Awaitable[str]],
 ) -> None:
-    for seed, batch in ((3, 7), (4, 50), (5, 100)):
+    for seed, batch in ((3, 7), (4, 50), (5, 100), (7, 10_000)):
         commands = interleave(mixed_stream(seed), seed)
         reference, reference_digest = await through_reference(await fresh_database(), commands)
         results, digest = await through_typed(await fresh_database(), commands, batch)
@@ -147,6 +176,29 @@ async def test_typed_ingest_equals_the_reference_command_by_command(
         assert digest == reference_digest
         kinds = {r[1] for r in reference if r[0] == "refused"}
         assert kinds == {"constraint", "conflict"}, kinds  # the stream did exercise both
+
+
+async def test_the_isolated_path_equals_the_reference_too(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    commands = interleave(mixed_stream(11), 11)
+    reference, reference_digest = await through_reference(await fresh_database(), commands)
+    url = await fresh_database()
+    pool = await create_pool(url, max_size=1)
+    try:
+        results: list[Normalised] = []
+        for start in range(0, len(commands), 60):
+            chunk = [typed(c) for c in commands[start : start + 60]]
+            elements = await pool.fetchval(
+                "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, true)",
+                *typed_arguments(chunk),
+            )
+            results.extend(normalise(reply_of(e)) for e in elements)
+        digest = await ArtifactRepository(pool).state_digest()
+    finally:
+        await pool.close()
+    assert results == reference
+    assert digest == reference_digest
 
 
 async def test_a_stream_split_between_the_paths_ends_in_the_same_state(
@@ -255,6 +307,17 @@ async def test_a_text_postgresql_cannot_hold_refuses_the_call_as_a_whole(
         await pool.close()
 
 
+TYPED_FUNCTIONS = [
+    "ingest_typed",
+    "_ingest_typed",
+    "_typed_problem",
+    "_typed_hash",
+    "_typed_apply",
+    "_signal_level",
+    "_refusal",
+]
+
+
 async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
     """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise)."""
     conn = await asyncpg.connect(db_url)
@@ -262,11 +325,12 @@ async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
         rows = await conn.fetch(
             "SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p"
             " WHERE p.pronamespace = 'capture'::regnamespace"
-            " AND p.proname IN ('ingest_typed', '_ingest_typed', '_refusal')"
+            " AND p.proname = ANY($1::text[])",
+            TYPED_FUNCTIONS,
         )
     finally:
         await conn.close()
-    assert {r["proname"] for r in rows} == {"ingest_typed", "_ingest_typed", "_refusal"}
+    assert sorted(r["proname"] for r in rows) == sorted(TYPED_FUNCTIONS)
     for row in rows:
         (path,) = [c for c in row["proconfig"] if c.startswith("search_path=")]
         assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp", row

@@ -15,18 +15,21 @@
 -- subtransaction as ingest_batch does. (100 savepoints that write per batch overflowed
 -- PostgreSQL's 64-entry per-backend subtransaction cache and slowed every concurrent snapshot.)
 --
+-- What does not depend on the order of the commands is done for the whole batch in one
+-- statement each: canonical urls, payload hashes and the ledger lookup before the loop, the
+-- ledger and signal rows after it. The loop keeps only what must follow the order (a user's
+-- artifacts and subspaces, repeats and conflicts within the batch).
+--
 -- Security (the rule for every SECURITY DEFINER function from 0004 on): search_path pinned with
 -- pg_temp last, and every relation and function of ours schema-qualified, so that a caller's
 -- temp tables can never stand in for ours. Operators and types of pgvector resolve through
 -- `extensions` (Supabase) or `public`.
 
 -- ---------------------------------------------------------------------------------------------
--- _ingest_typed(cfg, fields...) -> the CaptureResult, or for a refused command the error
--- element {"command_id", "error": {"kind", "message", "sqlstate"}}; in both cases nothing of a
--- refused command was written. The messages and SQLSTATEs are those _ingest raises for the same
--- values. Raises only when a write fails (see above). The caller holds the user's lock.
+-- _typed_problem(cfg, fields..., canonical) -> null, or (sqlstate, message) of the first shape
+-- problem, in _ingest's order and with its messages, so that both paths name the same one.
 -- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION capture._ingest_typed(
+CREATE FUNCTION capture._typed_problem(
     cfg capture.ingest_config,
     p_command_id uuid,
     p_user_id uuid,
@@ -34,17 +37,106 @@ CREATE FUNCTION capture._ingest_typed(
     p_title text,
     p_embedding vector,
     p_depth double precision,
+    p_occurred timestamptz,
+    p_canonical text,
+    OUT sqlstate text,
+    OUT message text
+)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+BEGIN
+    sqlstate := '23502';
+    message := CASE
+        WHEN p_command_id IS NULL THEN 'command_id: required'
+        WHEN p_user_id IS NULL THEN 'user_id: required'
+        WHEN p_url IS NULL THEN 'url: required'
+        WHEN p_embedding IS NULL THEN 'embedding: required'
+        WHEN p_depth IS NULL THEN 'reading_depth: required'
+        WHEN p_occurred IS NULL THEN 'occurred_at: required' END;
+    IF message IS NOT NULL THEN
+        RETURN;
+    END IF;
+    sqlstate := '22023';
+    IF cfg.embedding_dim IS NOT NULL AND vector_dims(p_embedding) <> cfg.embedding_dim THEN
+        message := format('embedding: expected %s dimensions, got %s',
+                          cfg.embedding_dim, vector_dims(p_embedding));
+    ELSIF char_length(p_url) > 2048 THEN
+        sqlstate := '22001';
+        message := format('url: at most 2048 characters, got %s', char_length(p_url));
+    ELSIF p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]' THEN
+        message := 'url: must be an http(s) URL without whitespace';
+    ELSIF p_canonical !~* '^https?://[^/?#:]' THEN
+        message := 'url: must have a host';
+    ELSIF char_length(p_title) > 512 THEN
+        sqlstate := '22001';
+        message := format('title: at most 512 characters, got %s', char_length(p_title));
+    ELSIF vector_norm(p_embedding) = 0 THEN
+        message := 'embedding: must not be all zero';
+    ELSIF NOT (p_depth >= 0 AND p_depth <= 1.5) THEN
+        sqlstate := '22003';
+        message := format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth);
+    ELSE
+        sqlstate := NULL;
+    END IF;
+END;
+$$;
+
+-- The same payload hash as _ingest (see there): the ledger of one path serves the other.
+CREATE FUNCTION capture._typed_hash(
+    p_command_id uuid,
+    p_user_id uuid,
+    p_url text,
+    p_title text,
+    p_embedding vector,
+    p_depth double precision,
     p_occurred timestamptz
+) RETURNS uuid
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+    SELECT md5(
+        convert_to(jsonb_build_array(p_command_id, p_user_id, p_url, p_title,
+                                     extract(epoch FROM p_occurred), 1)::text, 'UTF8')
+        || float8send(p_depth) || vector_send(p_embedding))::uuid
+$$;
+
+-- The level one signal reaches, with the thresholds of this moment.
+CREATE FUNCTION capture._signal_level(cfg capture.ingest_config, p_depth double precision)
+RETURNS capture.engagement_level
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+    SELECT (CASE
+        WHEN p_depth >= cfg.deep THEN 'deep'
+        WHEN p_depth >= cfg.read THEN 'read'
+        WHEN p_depth >= cfg.skimmed THEN 'skimmed'
+        ELSE 'captured' END)::capture.engagement_level
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- _typed_apply(cfg, a valid command, its canonical url) -> the CaptureResult: the artifact
+-- upsert and the subspace assignment of _ingest (SPEC §4, §5), for a command that passed the
+-- shape and idempotency checks. Writes neither the ledger row nor the signal (the callers do).
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION capture._typed_apply(
+    cfg capture.ingest_config,
+    p_command_id uuid,
+    p_user_id uuid,
+    p_url text,
+    p_title text,
+    p_embedding vector,
+    p_depth double precision,
+    p_occurred timestamptz,
+    p_canonical text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
-    v_hash        uuid;
-    v_canonical   text;
-    v_artifact_id uuid;
+    v_artifact_id uuid := md5('artifact:' || p_user_id || ':' || p_canonical)::uuid;
+    v_signal_lvl  capture.engagement_level := capture._signal_level(cfg, p_depth);
     v_created     boolean;
-    v_signal_lvl  capture.engagement_level;
     v_prev        capture.engagement_level;
     v_level       capture.engagement_level;
     v_subspace_id uuid;
@@ -57,81 +149,7 @@ DECLARE
     v_second_id   uuid;
     v_second      double precision;
     v_row         record;
-    v_stored_hash uuid;
-    v_result      jsonb;
-    v_now         timestamptz;
-    v_problem     text;
-    v_state       text;
 BEGIN
-    -- Shape, in _ingest's order, so that the first problem named is the same one.
-    v_state := '23502';
-    v_problem := CASE
-        WHEN p_command_id IS NULL THEN 'command_id: required'
-        WHEN p_user_id IS NULL THEN 'user_id: required'
-        WHEN p_url IS NULL THEN 'url: required'
-        WHEN p_embedding IS NULL THEN 'embedding: required'
-        WHEN p_depth IS NULL THEN 'reading_depth: required'
-        WHEN p_occurred IS NULL THEN 'occurred_at: required' END;
-    IF v_problem IS NULL AND cfg.embedding_dim IS NOT NULL
-       AND vector_dims(p_embedding) <> cfg.embedding_dim THEN
-        v_state := '22023';
-        v_problem := format('embedding: expected %s dimensions, got %s',
-                            cfg.embedding_dim, vector_dims(p_embedding));
-    END IF;
-    IF v_problem IS NULL THEN
-        IF char_length(p_url) > 2048 THEN
-            v_state := '22001';
-            v_problem := format('url: at most 2048 characters, got %s', char_length(p_url));
-        ELSIF p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]' THEN
-            v_state := '22023';
-            v_problem := 'url: must be an http(s) URL without whitespace';
-        ELSE
-            v_canonical := capture.canonical_url(p_url);
-            IF v_canonical !~* '^https?://[^/?#:]' THEN
-                v_state := '22023';
-                v_problem := 'url: must have a host';
-            ELSIF char_length(p_title) > 512 THEN
-                v_state := '22001';
-                v_problem := format('title: at most 512 characters, got %s', char_length(p_title));
-            ELSIF vector_norm(p_embedding) = 0 THEN
-                v_state := '22023';
-                v_problem := 'embedding: must not be all zero';
-            ELSIF NOT (p_depth >= 0 AND p_depth <= 1.5) THEN
-                v_state := '22003';
-                v_problem := format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth);
-            END IF;
-        END IF;
-    END IF;
-    IF v_problem IS NOT NULL THEN
-        RETURN capture._refusal(p_command_id, 'constraint', v_problem, v_state);
-    END IF;
-
-    -- The same payload hash as _ingest (see there): the ledger of one path serves the other.
-    v_hash := md5(
-        convert_to(jsonb_build_array(p_command_id, p_user_id, p_url, p_title,
-                                     extract(epoch FROM p_occurred), 1)::text, 'UTF8')
-        || float8send(p_depth) || vector_send(p_embedding))::uuid;
-
-    -- Idempotency. A repeat returns the stored result; another payload is a conflict. Both are
-    -- decided here, before anything is written.
-    SELECT l.payload_hash, l.result INTO v_stored_hash, v_result
-    FROM capture.command_ledger l WHERE l.command_id = p_command_id;
-    IF FOUND THEN
-        IF v_stored_hash = v_hash THEN
-            RETURN v_result;
-        END IF;
-        RETURN capture._refusal(p_command_id, 'conflict',
-            format('command_id %s: already processed with a different payload', p_command_id),
-            'CW409');
-    END IF;
-
-    v_signal_lvl := CASE
-        WHEN p_depth >= cfg.deep THEN 'deep'
-        WHEN p_depth >= cfg.read THEN 'read'
-        WHEN p_depth >= cfg.skimmed THEN 'skimmed'
-        ELSE 'captured' END;
-
-    v_artifact_id := md5('artifact:' || p_user_id || ':' || v_canonical)::uuid;
     SELECT a.engagement_level, a.subspace_id, a.assignment_margin, a.runner_up_subspace_id
     INTO v_prev, v_subspace_id, v_margin, v_runner_up
     FROM capture.artifacts a WHERE a.artifact_id = v_artifact_id;
@@ -182,12 +200,11 @@ BEGIN
                                        engagement_level, signal_count, subspace_id,
                                        assignment_margin, runner_up_subspace_id,
                                        first_occurred_at, last_occurred_at)
-        VALUES (v_artifact_id, p_user_id, v_canonical, p_url, p_title, p_embedding,
+        VALUES (v_artifact_id, p_user_id, p_canonical, p_url, p_title, p_embedding,
                 v_level, 1, v_subspace_id, v_margin, v_runner_up, p_occurred, p_occurred);
     END IF;
 
-    v_now := clock_timestamp();
-    v_result := jsonb_build_object(
+    RETURN jsonb_build_object(
         'event_id', md5('capture.result:' || p_command_id)::uuid,
         'command_id', p_command_id,
         'user_id', p_user_id,
@@ -200,26 +217,10 @@ BEGIN
         'subspace_created', v_sub_created,
         'assignment_margin', v_margin::numeric,
         'runner_up_subspace_id', v_runner_up,
-        'processed_at', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        'processed_at', to_char(clock_timestamp() AT TIME ZONE 'UTC',
+                                'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
         'error', NULL,
         'schema_version', 1);
-
-    -- A concurrent transaction of another user may hold the same command_id uncommitted (the
-    -- lookup above could not see it): this is the one refusal found only while writing.
-    -- Raising aborts the whole call; the caller repeats it isolated (see the header).
-    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
-    VALUES (p_command_id, p_user_id, v_hash, v_result, v_now)
-    ON CONFLICT (command_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'command_id %: already processed with a different payload', p_command_id
-            USING ERRCODE = 'CW409';
-    END IF;
-
-    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
-                                 occurred_at)
-    VALUES (p_command_id, v_artifact_id, p_user_id, p_depth, v_signal_lvl, p_occurred);
-
-    RETURN v_result;
 END;
 $$;
 
@@ -232,6 +233,67 @@ AS $$
     SELECT jsonb_build_object('command_id', command_id,
                               'error', jsonb_build_object('kind', kind, 'message', message,
                                                           'sqlstate', sqlstate))
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- _ingest_typed(cfg, fields...) -> one command with everything of _ingest: the CaptureResult,
+-- or the error element of a refused command (which wrote nothing). Raises when a write fails
+-- (e.g. CW409 from a concurrent claim of its command_id). The isolated path calls it inside a
+-- subtransaction per command. The caller holds the user's lock.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION capture._ingest_typed(
+    cfg capture.ingest_config,
+    p_command_id uuid,
+    p_user_id uuid,
+    p_url text,
+    p_title text,
+    p_embedding vector,
+    p_depth double precision,
+    p_occurred timestamptz
+) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, capture, extensions, public, pg_temp
+AS $$
+DECLARE
+    v_canonical   text := capture.canonical_url(p_url);
+    v_problem     record;
+    v_hash        uuid;
+    v_stored_hash uuid;
+    v_result      jsonb;
+BEGIN
+    v_problem := capture._typed_problem(cfg, p_command_id, p_user_id, p_url, p_title,
+                                        p_embedding, p_depth, p_occurred, v_canonical);
+    IF v_problem.sqlstate IS NOT NULL THEN
+        RETURN capture._refusal(p_command_id, 'constraint', v_problem.message, v_problem.sqlstate);
+    END IF;
+    v_hash := capture._typed_hash(p_command_id, p_user_id, p_url, p_title, p_embedding,
+                                  p_depth, p_occurred);
+    SELECT l.payload_hash, l.result INTO v_stored_hash, v_result
+    FROM capture.command_ledger l WHERE l.command_id = p_command_id;
+    IF FOUND THEN
+        IF v_stored_hash = v_hash THEN
+            RETURN v_result;
+        END IF;
+        RETURN capture._refusal(p_command_id, 'conflict',
+            format('command_id %s: already processed with a different payload', p_command_id),
+            'CW409');
+    END IF;
+
+    v_result := capture._typed_apply(cfg, p_command_id, p_user_id, p_url, p_title, p_embedding,
+                                     p_depth, p_occurred, v_canonical);
+    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
+    VALUES (p_command_id, p_user_id, v_hash, v_result, (v_result->>'processed_at')::timestamptz)
+    ON CONFLICT (command_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'command_id %: already processed with a different payload', p_command_id
+            USING ERRCODE = 'CW409';
+    END IF;
+    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
+                                 occurred_at)
+    VALUES (p_command_id, (v_result->>'artifact_id')::uuid, p_user_id, p_depth,
+            capture._signal_level(cfg, p_depth), p_occurred);
+    RETURN v_result;
+END;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -258,12 +320,21 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
-    v_cfg     capture.ingest_config := capture._ingest_config();
-    v_n       integer := coalesce(cardinality(command_ids), 0);
-    v_key     bigint;
-    v_results jsonb[] := '{}';
-    v_result  jsonb;
-    i         integer;
+    v_cfg        capture.ingest_config := capture._ingest_config();
+    v_n          integer := coalesce(cardinality(command_ids), 0);
+    v_key        bigint;
+    v_results    jsonb[] := '{}';
+    v_result     jsonb;
+    v_canonical  text[];
+    v_hash       uuid[];
+    v_stored     uuid[];
+    v_stored_res jsonb[];
+    v_problem    record;
+    v_seen       jsonb := '{}';  -- command_id -> index of the element that took it here
+    v_j          integer;
+    v_new        integer[] := '{}';  -- the elements applied here: their ledger and signal rows
+    v_count      bigint;
+    i            integer;
 BEGIN
     IF coalesce(cardinality(user_ids), 0) <> v_n OR coalesce(cardinality(urls), 0) <> v_n
        OR coalesce(cardinality(titles), 0) <> v_n OR coalesce(cardinality(embeddings), 0) <> v_n
@@ -281,8 +352,8 @@ BEGIN
         PERFORM pg_advisory_xact_lock(v_key);
     END LOOP;
 
-    FOR i IN 1 .. v_n LOOP
-        IF isolate THEN
+    IF isolate THEN
+        FOR i IN 1 .. v_n LOOP
             BEGIN
                 v_result := capture._ingest_typed(v_cfg, command_ids[i], user_ids[i], urls[i],
                     titles[i], embeddings[i], reading_depths[i], occurred_ats[i]);
@@ -291,21 +362,90 @@ BEGIN
                     CASE WHEN SQLSTATE = 'CW409' THEN 'conflict' ELSE 'constraint' END,
                     SQLERRM, SQLSTATE);
             END;
+            v_results := array_append(v_results, v_result);
+        END LOOP;
+        RETURN to_jsonb(v_results);
+    END IF;
+
+    -- Order-free work for the whole batch at once (the locks are held: the ledger rows of
+    -- these users cannot change under us; another user's same command_id is caught below).
+    SELECT array_agg(capture.canonical_url(t.url) ORDER BY t.ord),
+           array_agg(capture._typed_hash(t.cid, t.uid, t.url, t.title, t.emb, t.depth, t.occ)
+                     ORDER BY t.ord),
+           array_agg(l.payload_hash ORDER BY t.ord),
+           array_agg(l.result ORDER BY t.ord)
+    INTO v_canonical, v_hash, v_stored, v_stored_res
+    FROM unnest(command_ids, user_ids, urls, titles, embeddings, reading_depths, occurred_ats)
+         WITH ORDINALITY AS t(cid, uid, url, title, emb, depth, occ, ord)
+    LEFT JOIN capture.command_ledger l ON l.command_id = t.cid;
+
+    FOR i IN 1 .. v_n LOOP
+        v_problem := capture._typed_problem(v_cfg, command_ids[i], user_ids[i], urls[i],
+            titles[i], embeddings[i], reading_depths[i], occurred_ats[i], v_canonical[i]);
+        IF v_problem.sqlstate IS NOT NULL THEN
+            v_result := capture._refusal(command_ids[i], 'constraint', v_problem.message,
+                                         v_problem.sqlstate);
         ELSE
-            v_result := capture._ingest_typed(v_cfg, command_ids[i], user_ids[i], urls[i],
-                titles[i], embeddings[i], reading_depths[i], occurred_ats[i]);
+            v_j := (v_seen->>(command_ids[i]::text))::integer;
+            IF v_j IS NOT NULL OR v_stored[i] IS NOT NULL THEN
+                -- Processed before: earlier in this batch, or in the ledger.
+                IF v_hash[i] = coalesce(v_hash[v_j], v_stored[i]) THEN
+                    v_result := coalesce(v_results[v_j], v_stored_res[i]);
+                ELSE
+                    v_result := capture._refusal(command_ids[i], 'conflict',
+                        format('command_id %s: already processed with a different payload',
+                               command_ids[i]),
+                        'CW409');
+                END IF;
+            ELSE
+                v_result := capture._typed_apply(v_cfg, command_ids[i], user_ids[i], urls[i],
+                    titles[i], embeddings[i], reading_depths[i], occurred_ats[i], v_canonical[i]);
+                v_new := array_append(v_new, i);
+            END IF;
+            IF v_j IS NULL AND v_result->'error' = 'null'::jsonb THEN
+                v_seen := v_seen || jsonb_build_object(command_ids[i]::text, i);
+            END IF;
         END IF;
         v_results := array_append(v_results, v_result);
     END LOOP;
+
+    -- A concurrent transaction of another user may hold one of these command_ids uncommitted
+    -- (the lookup could not see it): the one refusal found only while writing. Raising aborts
+    -- the whole call; the caller repeats it isolated (see the header).
+    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
+    SELECT command_ids[k], user_ids[k], v_hash[k], v_results[k],
+           (v_results[k]->>'processed_at')::timestamptz
+    FROM unnest(v_new) AS n(k)
+    ON CONFLICT (command_id) DO NOTHING;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count <> cardinality(v_new) THEN
+        RAISE EXCEPTION 'ingest_typed: a command_id of this batch was claimed concurrently'
+            USING ERRCODE = 'CW409';
+    END IF;
+    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
+                                 occurred_at)
+    SELECT command_ids[k], (v_results[k]->>'artifact_id')::uuid, user_ids[k], reading_depths[k],
+           capture._signal_level(v_cfg, reading_depths[k]), occurred_ats[k]
+    FROM unnest(v_new) AS n(k);
+
     RETURN to_jsonb(v_results);
 END;
 $$;
 
-REVOKE ALL ON FUNCTION capture._ingest_typed(capture.ingest_config, uuid, uuid, text, text, vector,
-                                             double precision, timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION capture._refusal(uuid, text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION capture.ingest_typed(uuid[], uuid[], text[], text[], vector[],
-                                            double precision[], timestamptz[], boolean) FROM PUBLIC;
+-- Functions are executable by PUBLIC by default: only the worker gets the entry point.
+REVOKE ALL ON FUNCTION
+    capture._typed_problem(capture.ingest_config, uuid, uuid, text, text, vector,
+                           double precision, timestamptz, text),
+    capture._typed_hash(uuid, uuid, text, text, vector, double precision, timestamptz),
+    capture._signal_level(capture.ingest_config, double precision),
+    capture._typed_apply(capture.ingest_config, uuid, uuid, text, text, vector,
+                         double precision, timestamptz, text),
+    capture._refusal(uuid, text, text, text),
+    capture._ingest_typed(capture.ingest_config, uuid, uuid, text, text, vector,
+                          double precision, timestamptz),
+    capture.ingest_typed(uuid[], uuid[], text[], text[], vector[], double precision[],
+                         timestamptz[], boolean)
+FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION capture.ingest_typed(uuid[], uuid[], text[], text[], vector[],
                                                double precision[], timestamptz[], boolean)
     TO capture_worker;
