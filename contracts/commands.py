@@ -21,6 +21,9 @@ DEFAULT_EMBEDDING_DIM = 384
 MAX_URL_LENGTH = 2048
 MAX_TITLE_LENGTH = 512
 MAX_READING_DEPTH = 1.5
+#: Arrays and objects may nest at most this deep inside a command, unknown fields included
+#: (the JSON parser's limit). A deeper document is `invalid`, whatever its fields.
+MAX_NESTING_DEPTH = 200
 
 # The same characters as str.isspace (both use Py_UNICODE_ISSPACE), in one C-level scan.
 _WHITESPACE = re.compile(r"\s")
@@ -49,7 +52,8 @@ class CaptureArtifactCommand(BaseModel):
     """Capture an artifact for a user; `command_id` is the idempotency key.
 
     Validate with `model_validate_json(raw, context={"embedding_dim": D})` when the
-    deployment's dimension is not the default 384. Unknown fields are ignored.
+    deployment's dimension is not the default 384. Unknown fields are ignored (never
+    validated, never sent on), as long as nothing nests deeper than MAX_NESTING_DEPTH.
     The example's embedding is shortened to 3 numbers for reading.
     """
 

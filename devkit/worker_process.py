@@ -39,6 +39,8 @@ class WorkerProcess:
     #: A module imported before the worker starts (tests use it to inject faults in-process).
     preload: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    #: The largest resident set size `watch_rss` sampled, in bytes.
+    peak_rss: int = 0
 
     def start(self) -> WorkerProcess:
         env = {
@@ -68,6 +70,17 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    async def watch_rss(self, interval_s: float = 0.05) -> None:
+        """Sample the process's RSS into `peak_rss` until cancelled."""
+        import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 (a devkit extra)
+
+        while True:
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    rss = int(psutil.Process(self.proc.pid).memory_info().rss)
+                    self.peak_rss = max(self.peak_rss, rss)
+            await asyncio.sleep(interval_s)
 
     def alive(self) -> None:
         """Raise WorkerExited (with the log's tail) when the process has ended."""

@@ -5,12 +5,14 @@ dropped at the end, with one pre-generated command stream of N commands:
 
   b_sql    the commands straight into PostgreSQL through asyncpg, batched and concurrent as the
            worker does it: split by Kafka's key -> partition hash into P streams, each calling
-           `ingest_batch` with chunks of B. The ceiling: no Kafka, no Python per message.
+           `ingest_typed` with chunks of B (decoded before the clock starts). The ceiling: no
+           Kafka, no Python per message.
   b_kafka  the worker's own consumer path (FastStream batch subscriber, BatchProcessor, decode and
            validate, results published with acks=all, offset commits), in this process, with an
            in-memory store that answers with the results b_sql got: Kafka + Python, no database.
   e2e      the real worker process (`capture-worker run`) on the pre-published stream, timed from
-           its /readyz turning 200 (subscriber started) to the Kafka timestamp of the last result.
+           its /readyz turning 200 (subscriber started) to the Kafka timestamp of the last result;
+           its peak RSS is sampled meanwhile (the whole stream is waiting when it starts).
   latency  the same worker, now idle, fed at half the e2e rate for a while; a command's latency
            is its result record's timestamp minus its own record's timestamp (both CreateTime).
   naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
@@ -62,10 +64,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from contracts import CaptureArtifactCommand
 from devkit import stack
 from devkit.synthetic import generate_lines
 from devkit.worker_process import WorkerExited, WorkerProcess, free_port
-from worker.application.ports import ResultObject
+from worker.application.capture import ingest_command
+from worker.application.ports import IngestCommand, ResultObject
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.domain.errors import CaptureError, PermanentError
@@ -144,16 +148,25 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def typed_commands(commands: Sequence[Command], dim: int) -> list[IngestCommand]:
+    """What the worker sends for these commands, decoded and validated as it does."""
+    context = {"embedding_dim": dim}
+    return [
+        ingest_command(CaptureArtifactCommand.model_validate_json(c.text, context=context))
+        for c in commands
+    ]
+
+
 class _RecordedStore:
     """A CaptureStore that answers from b_sql's results: the worker's path without a database."""
 
     def __init__(self, results: Mapping[str, ResultObject | PermanentError]) -> None:
         self._results = results
 
-    async def ingest_batch(
-        self, commands_json: Sequence[str]
+    async def ingest_commands(
+        self, commands: Sequence[IngestCommand]
     ) -> list[ResultObject | PermanentError]:
-        return [self._results[text] for text in commands_json]
+        return [self._results[str(c.command_id)] for c in commands]
 
     async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:
         return list(results)
@@ -414,13 +427,13 @@ async def settle() -> None:
 
 async def bench_sql(
     url: str,
-    streams: Sequence[Sequence[Command]],
+    streams: Sequence[Sequence[IngestCommand]],
     *,
     batch: int,
     phases: Phases,
     label: str = "",
 ) -> tuple[float, dict[str, ResultObject | PermanentError], str]:
-    """P concurrent streams of ingest_batch calls; returns (seconds, results by text, digest)."""
+    """P concurrent streams of ingest_typed calls; returns (seconds, results by id, digest)."""
     total = sum(len(s) for s in streams)
     task = phases.start(f"b_sql    PostgreSQL only{label}", total)
     pool = await create_pool(url, min_size=len(streams), max_size=len(streams))
@@ -429,13 +442,13 @@ async def bench_sql(
     try:
         repo = ArtifactRepository(pool)
 
-        async def stream(commands: Sequence[Command]) -> None:
+        async def stream(commands: Sequence[IngestCommand]) -> None:
             nonlocal done
             for start in range(0, len(commands), batch):
-                texts = [c.text for c in commands[start : start + batch]]
-                replies = await repo.ingest_batch(texts)
-                results.update(zip(texts, replies, strict=True))
-                done += len(texts)
+                chunk = commands[start : start + batch]
+                replies = await repo.ingest_commands(chunk)
+                results.update(zip((str(c.command_id) for c in chunk), replies, strict=True))
+                done += len(chunk)
                 phases.update(task, done)
 
         started = time.perf_counter()
@@ -497,8 +510,14 @@ async def bench_e2e(
 ) -> float:
     task = phases.start(f"e2e      the worker process{label}", total)
     worker.start()
-    started = await worker.wait_ready_async()
-    await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
+    watcher = asyncio.ensure_future(worker.watch_rss())
+    try:
+        started = await worker.wait_ready_async()
+        await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     last = await reader.last_timestamp()
     rate = total / max(last / 1000 - started, 1e-3)
     phases.done(task, f"{rate:,.0f}/s")
@@ -663,6 +682,7 @@ class Round:
     b_sql_per_s: float
     e2e_per_s: float
     same_state: bool
+    worker_peak_rss: int
 
     @property
     def ratio(self) -> float:
@@ -693,7 +713,8 @@ async def run_bench(
             )
         )
         commands = commands_of(lines)
-        streams = split_by_partition(commands, partitions)
+        del lines
+        streams = [typed_commands(s, options.dim) for s in split_by_partition(commands, partitions)]
         await resources.make_template(dim=options.dim, index=options.index)
         sql_urls = [await resources.clone(f"sql{r}") for r in range(options.rounds)]
         e2e_urls = [await resources.clone(f"e2e{r}") for r in range(options.rounds)]
@@ -784,7 +805,8 @@ async def run_bench(
             e2e = await bench_e2e(
                 worker, reader, total=options.messages, phases=phases, label=label(r)
             )
-            rounds.append(Round(b_sql, e2e, await _digest(e2e_urls[r]) == sql_digest))
+            same_state = await _digest(e2e_urls[r]) == sql_digest
+            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss))
             if r < options.rounds - 1:
                 await worker.stop()
                 await reader.stop()
@@ -850,10 +872,13 @@ async def run_bench(
                 "b_sql_per_s": round(x.b_sql_per_s, 1),
                 "e2e_per_s": round(x.e2e_per_s, 1),
                 "e2e/b_sql": x.ratio,
+                "worker_peak_rss_mib": round(x.worker_peak_rss / 2**20, 1),
             }
             for x in rounds
         ],
         "same_state": all(x.same_state for x in rounds),
+        # The worker's largest RSS while the whole stream was waiting for it (e2e).
+        "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
         "worker_settings": {
             "batch_size": options.batch,
             "max_poll_records": settings.max_poll_records,
@@ -890,7 +915,7 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("commands/s", justify="right")
     table.add_column("what it is")
-    table.add_row("b_sql", f"{report['b_sql_per_s']:,.0f}", "asyncpg → ingest_batch, P streams")
+    table.add_row("b_sql", f"{report['b_sql_per_s']:,.0f}", "asyncpg → ingest_typed, P streams")
     table.add_row("b_kafka", f"{report['b_kafka_per_s']:,.0f}", "worker path, no database")
     table.add_row("e2e", f"{report['e2e_per_s']:,.0f}", "the worker process")
     table.add_row(
@@ -914,6 +939,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"e2e/b_sql [bold]{ratios['e2e/b_sql']:.2f}[/]   "
         f"e2e/naive [bold]{ratios['e2e/naive']:.1f}[/]"
         f"   same state as b_sql: {'yes' if report['same_state'] else '[red]NO[/]'}"
+        f"   worker peak RSS during e2e [bold]{report['worker_peak_rss_mib']:,.0f}[/] MiB"
     )
     console.print(
         f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "

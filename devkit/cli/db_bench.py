@@ -1,9 +1,10 @@
 """`capture-worker bench-db`: the raw throughput of the ingest functions, Kafka left out.
 
 On a fresh temporary database (created from the given server, migrated, dropped at the end)
-the same pre-generated command stream is ingested four times, from an empty state each time:
-sequential `ingest_with_signal` calls and `ingest_batch` calls, each with and without the HNSW
-index. This is the ceiling the worker's own throughput is measured against. Every run must
+the same pre-generated command stream is ingested six times, from an empty state each time:
+sequential `ingest_with_signal` calls, `ingest_batch` calls (JSON) and `ingest_typed` calls
+(typed arrays, binary vectors; decoded before the clock starts), each with and without the
+HNSW index. This is the ceiling the worker's own throughput is measured against. Every run must
 end in the same state digest; the report says whether it did.
 """
 
@@ -15,10 +16,14 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
+import psutil  # type: ignore[import-untyped]
 import typer
 from rich.table import Table
 
+from contracts import CaptureArtifactCommand
 from devkit.synthetic import generate_lines
+from worker.application.capture import ingest_command
+from worker.application.ports import IngestCommand
 from worker.core.config import get_settings
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.db_errors import translate_db_errors
@@ -36,7 +41,12 @@ async def _admin(dsn: str, sql: str) -> None:
 
 
 async def _timed_run(
-    repo: ArtifactRepository, lines: list[str], *, batch_size: int | None
+    repo: ArtifactRepository,
+    lines: list[str],
+    typed: list[IngestCommand],
+    *,
+    batch_size: int | None,
+    mode: str,
 ) -> tuple[int, float]:
     """Ingest every line; returns (calls made, seconds)."""
     calls = 0
@@ -45,6 +55,10 @@ async def _timed_run(
         for line in lines:
             await repo.ingest_with_signal(line)
             calls += 1
+    elif mode.startswith("typed"):
+        for start in range(0, len(typed), batch_size):
+            await repo.ingest_commands(typed[start : start + batch_size])
+            calls += 1
     else:
         for start in range(0, len(lines), batch_size):
             await repo.ingest_batch(lines[start : start + batch_size])
@@ -52,10 +66,21 @@ async def _timed_run(
     return calls, time.perf_counter() - started
 
 
+def _backend_cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of the database's server process for our connection."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def run_bench(
     admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
 ) -> dict[str, Any]:
     lines = list(generate_lines(count, users=users, seed=seed, dim=dim))
+    context = {"embedding_dim": dim}
+    typed = [
+        ingest_command(CaptureArtifactCommand.model_validate_json(line, context=context))
+        for line in lines
+    ]
     name = f"cw_bench_{uuid.uuid4().hex[:12]}"
     with translate_db_errors("bench-db"):
         await _admin(admin_dsn, f'CREATE DATABASE "{name}"')
@@ -70,16 +95,25 @@ async def run_bench(
                     "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
                 )
                 sync_commit = await pool.fetchval("SHOW synchronous_commit")
+                backend = psutil.Process(await pool.fetchval("SELECT pg_backend_pid()"))
                 runs: list[dict[str, Any]] = []
                 digests: set[str] = set()
                 for hnsw in (False, True):
-                    for mode, size in (("sequential", None), (f"batch-{batch_size}", batch_size)):
+                    for mode, size in (
+                        ("sequential", None),
+                        (f"batch-{batch_size}", batch_size),
+                        (f"typed-{batch_size}", batch_size),
+                    ):
                         await repo.reset_state()
                         if hnsw:
                             await repo.create_embedding_index()
                         else:
                             await repo.drop_embedding_index()
-                        calls, seconds = await _timed_run(repo, lines, batch_size=size)
+                        cpu_before = _backend_cpu(backend)
+                        calls, seconds = await _timed_run(
+                            repo, lines, typed, batch_size=size, mode=mode
+                        )
+                        cpu = _backend_cpu(backend) - cpu_before
                         digests.add(await repo.state_digest())
                         runs.append(
                             {
@@ -90,6 +124,9 @@ async def run_bench(
                                 "seconds": round(seconds, 3),
                                 "commands_per_s": round(len(lines) / seconds, 1),
                                 "calls_per_s": round(calls / seconds, 1),
+                                # CPU the server process spent: far steadier than wall time
+                                # on a shared machine (it leaves out waiting for the cores).
+                                "backend_cpu_us_per_command": round(cpu / len(lines) * 1e6, 1),
                             }
                         )
             finally:
@@ -114,7 +151,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['pgvector']}, dim {report['embedding_dim']}, "
         f"synchronous_commit={report['synchronous_commit']}"
     )
-    for column in ("mode", "HNSW index", "commands", "calls", "seconds", "commands/s", "calls/s"):
+    columns = ("mode", "HNSW index", "commands", "calls", "seconds", "commands/s", "calls/s")
+    for column in (*columns, "server CPU µs/command"):
         table.add_column(column, justify="left" if column in ("mode", "HNSW index") else "right")
     for run in report["runs"]:
         table.add_row(
@@ -125,6 +163,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{run['seconds']:.2f}",
             f"{run['commands_per_s']:.0f}",
             f"{run['calls_per_s']:.0f}",
+            f"{run['backend_cpu_us_per_command']:.0f}",
         )
     console.print(table)
     if not report["same_digest_every_run"]:

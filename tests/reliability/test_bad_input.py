@@ -1,7 +1,7 @@
 """Scenario 6: bad input at scale. Hypothesis generates the payloads: random bytes, random JSON,
 near-valid commands with one field broken, and valid commands with unusual but legal values;
 a few boundaries are added by hand (1 MiB exactly and 1 MiB + 1 byte, 3 MiB, no value at all,
-JSON nested deeper than any parser's recursion limit).
+JSON nested deeper than the contract's limit, and at it).
 
 Every payload is sent keyed by a user whose valid commands follow it in the same partition, so
 a payload that blocked its partition would leave those behind it unprocessed. The worker must
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from contracts import ErrorKind
 from contracts import headers as H
+from contracts.commands import MAX_NESTING_DEPTH
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka_io import feed, read
 from tests.support.scenario import (
@@ -76,9 +77,9 @@ def json_values(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
 
 
 any_text = st.text(max_size=20)
-#: PostgreSQL's jsonb cannot hold U+0000 anywhere, not even in a field the worker ignores: such
-#: a command is refused by the database (constraint), as a NUL in the title is. Legal payloads
-#: leave it out; a near-valid breakage puts one in an unknown field on purpose.
+#: PostgreSQL's text cannot hold U+0000: in the title, such a command is refused by the database
+#: (constraint). In an unknown field it is legal (SPEC §3: unknown fields are ignored, and only
+#: the contract's fields reach PostgreSQL).
 no_nul_text = st.text(
     alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
     max_size=20,
@@ -107,7 +108,6 @@ BREAKAGES: list[tuple[str, st.SearchStrategy[Any], frozenset[str]]] = [
     ("title", st.text(min_size=513, max_size=600), frozenset({INVALID})),
     ("title", st.integers() | st.lists(st.text(), max_size=2), frozenset({INVALID})),
     ("title", st.text(max_size=20).map(lambda s: s + "\x00"), frozenset({CONSTRAINT})),
-    ("extension", any_text.map(lambda s: "\x00" + s), frozenset({CONSTRAINT})),
     (
         "embedding",
         st.lists(st.floats(-1, 1), max_size=383) | st.lists(st.floats(-1, 1), min_size=385),
@@ -162,10 +162,13 @@ def near_valid(draw: st.DrawFn, base: dict[str, Any]) -> tuple[bytes, frozenset[
 def legal(draw: st.DrawFn, base: dict[str, Any]) -> bytes:
     """A valid command with unusual values: it must be ingested like any other."""
     command = {**base, "command_id": str(draw(st.uuids()))}
-    choice = draw(st.integers(0, 4))
+    choice = draw(st.integers(0, 5))
     if choice == 0:
-        extra = no_nul_text.filter(lambda k: k not in KNOWN)
-        command.update(draw(st.dictionaries(extra, json_values(no_nul_text), max_size=4)))
+        extra = any_text.filter(lambda k: k not in KNOWN)
+        command.update(draw(st.dictionaries(extra, json_values(any_text), max_size=4)))
+    elif choice == 5:  # an unknown field PostgreSQL could not hold, nested within the limit
+        command["extension"] = "\x00" + draw(any_text)
+        command["nested"] = [[[{"a": [None]}]]] * draw(st.integers(1, 3))
     elif choice == 1:
         command["title"] = draw(no_nul_text.map(lambda t: (t * 30)[:512]))
     elif choice == 2:
@@ -239,14 +242,39 @@ def boundaries(bases: list[dict[str, Any]]) -> list[Case]:
     deep = b"[" * 5000 + b"]" * 5000
     deep_with_ids = json.dumps({**base, "command_id": str(uuid.uuid4()), "x": 0}).encode()
     deep_with_ids = deep_with_ids.replace(b'"x":0', b'"x":' + deep)
+    limit = MAX_NESTING_DEPTH
+    at_limit = json.dumps({**base, "command_id": str(uuid.uuid4()), "x": 0}).encode()
+    at_limit = at_limit.replace(b'"x":0', b'"x":' + b"[" * limit + b"]" * limit)
     return [
         (0, padded(base, MIB), None, VALID_HEADERS),  # the limit itself is allowed
         (0, padded(base, MIB + 1), frozenset({OVERSIZE}), POISON_HEADERS),
         # Too big even for the worker's producer: the DLQ record keeps headers, not the value.
         (0, padded(base, 3 * MIB), frozenset({OVERSIZE}), POISON_HEADERS),
         (1, None, frozenset({UNDECODABLE}), POISON_HEADERS),
-        (1, deep, frozenset({UNDECODABLE, INVALID}), POISON_HEADERS),
-        (2, deep_with_ids, frozenset({UNDECODABLE, INVALID}), POISON_HEADERS),
+        (1, deep, frozenset({INVALID}), POISON_HEADERS),
+        # Deeper than the documented limit: invalid, and its result carries its ids (tally).
+        (2, deep_with_ids, frozenset({INVALID}), POISON_HEADERS),
+        (2, at_limit, None, VALID_HEADERS),  # at the limit, in an unknown field: ingested
+        # One of each kind whatever the generator drew, so the kinds asserted below are there.
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "schema_version": 2}),
+            frozenset({VERSION}),
+            POISON_HEADERS,
+        ),
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "title": "nul \x00"}),
+            frozenset({CONSTRAINT}),
+            POISON_HEADERS,
+        ),
+        # U+0000 in an unknown field: ignored like the field itself (SPEC §3), so ingested.
+        (
+            3,
+            encode({**bases[3], "command_id": str(uuid.uuid4()), "note": "nul \x00"}),
+            None,
+            VALID_HEADERS,
+        ),
     ]
 
 

@@ -16,7 +16,7 @@ from aiokafka.errors import IllegalStateError
 
 from contracts import ErrorKind
 from worker.application.capture import Limits, Outcome
-from worker.application.ports import Envelope, ResultObject
+from worker.application.ports import Envelope, IngestCommand, ResultObject
 from worker.domain.errors import PermanentError, TransientError
 
 DIM = 4
@@ -80,7 +80,7 @@ class FakeStore:
         bug: Exception | None = None,
         bug_times: int | None = None,
     ) -> None:
-        self.calls: list[list[str]] = []
+        self.calls: list[list[IngestCommand]] = []
         self.ingested: list[str] = []
         self.rejections: dict[str, ResultObject] = {}
         self.locked = locked or set()
@@ -88,28 +88,27 @@ class FakeStore:
         self.bug_times = bug_times
         self.bugs: dict[str, int] = {}
 
-    async def ingest_batch(
-        self, commands_json: Sequence[str]
+    async def ingest_commands(
+        self, commands: Sequence[IngestCommand]
     ) -> list[ResultObject | PermanentError]:
-        self.calls.append(list(commands_json))
-        commands = [json.loads(text) for text in commands_json]
-        if any(c["user_id"] in self.locked for c in commands):
+        self.calls.append(list(commands))
+        if any(str(c.user_id) in self.locked for c in commands):
             raise TransientError(
                 "ingest_batch: lock not available", sqlstate="55P03", contention=True
             )
         for c in commands:
-            if "bug" in c["url"]:
-                seen = self.bugs.get(c["command_id"], 0)
+            if "bug" in c.url:
+                seen = self.bugs.get(str(c.command_id), 0)
                 if self.bug_times is None or seen < self.bug_times:
-                    self.bugs[c["command_id"]] = seen + 1
+                    self.bugs[str(c.command_id)] = seen + 1
                     raise self.bug
         out: list[ResultObject | PermanentError] = []
         for c in commands:
-            if "refuse" in c["url"]:
+            if "refuse" in c.url:
                 out.append(PermanentError(ErrorKind.CONSTRAINT, "url: refused", sqlstate="22023"))
             else:
-                self.ingested.append(c["command_id"])
-                out.append({"command_id": c["command_id"], "status": "ingested"})
+                self.ingested.append(str(c.command_id))
+                out.append({"command_id": str(c.command_id), "status": "ingested"})
         return out
 
     async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:

@@ -22,6 +22,7 @@ dead-lettered.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -46,11 +47,43 @@ def readable_command_id(value: bytes | None) -> str | None:
     if value is None:
         return None
     try:
-        data = json.loads(value)
+        data = _loads_deep(value)
         uuid.UUID(str(data["user_id"]))
         return str(uuid.UUID(str(data["command_id"])))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
+
+
+#: The fields of CaptureArtifactCommand v1 (SPEC §3); everything else is ignored.
+CONTRACT_FIELDS = (
+    "command_id",
+    "user_id",
+    "url",
+    "title",
+    "embedding",
+    "reading_depth",
+    "occurred_at",
+    "schema_version",
+)
+
+
+def contract_only(line: str) -> str:
+    """The command without its unknown fields, which never reach PostgreSQL (SPEC §3)."""
+    data = json.loads(line)
+    return json.dumps({k: data[k] for k in CONTRACT_FIELDS if k in data})
+
+
+def _loads_deep(value: bytes) -> Any:
+    """json.loads with room for the deeply nested poison of the bad-input scenario."""
+    try:
+        return json.loads(value)
+    except RecursionError:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20_000))
+        try:
+            return json.loads(value)
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 @dataclass
@@ -239,7 +272,7 @@ async def tally(
     doubled = (
         (len(signal_ids) - applied) + max(0, ledger - applied) + max(0, counters - len(signal_ids))
     )
-    expected_digest = await reference_digest(reference_url, sent.valid)
+    expected_digest = await reference_digest(reference_url, [contract_only(v) for v in sent.valid])
     if await digest_of(database_url) != expected_digest:
         problems.append("state digest differs from the reference (valid commands ingested alone)")
 

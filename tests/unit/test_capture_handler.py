@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -10,13 +11,16 @@ from typing import Any
 import pytest
 
 from contracts import ErrorKind
+from contracts.commands import MAX_NESTING_DEPTH
 from tests.support.fakes import DIM, FakeStore, command, envelope
 from worker.application.capture import (
     Limits,
     decode_command,
     handle_capture_batch,
+    readable_ids,
     result_bytes,
 )
+from worker.application.ports import IngestCommand
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
 
@@ -73,7 +77,7 @@ async def test_batch_keeps_order_chunks_and_isolates_refusals() -> None:
     assert [o.envelope.offset for o in outcomes] == [0, 1, 2, 3, 4]
     # Valid commands went to the store in order, two per call (db_batch_size=2).
     assert [len(c) for c in store.calls] == [2, 2]
-    assert [json.loads(t)["command_id"] for c in store.calls for t in c] == [
+    assert [str(t.command_id) for c in store.calls for t in c] == [
         good[0]["command_id"],
         good[1]["command_id"],
         refused["command_id"],
@@ -106,13 +110,13 @@ def test_result_bytes_are_canonical() -> None:
 
 async def test_a_batch_refused_as_a_whole_is_retried_one_by_one() -> None:
     class WholeCallRefused(FakeStore):
-        async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
-            if any("\\u0000" in t for t in commands_json):
-                self.calls.append(list(commands_json))
+        async def ingest_commands(self, commands: Sequence[IngestCommand]) -> list[Any]:
+            if any("\x00" in (c.title or "") for c in commands):
+                self.calls.append(list(commands))
                 raise PermanentError(
-                    ErrorKind.CONSTRAINT, "unsupported Unicode escape", sqlstate="22P05"
+                    ErrorKind.CONSTRAINT, "invalid byte sequence for encoding", sqlstate="22021"
                 )
-            return await super().ingest_batch(commands_json)
+            return await super().ingest_commands(commands)
 
     store = WholeCallRefused()
     values = [
@@ -125,17 +129,72 @@ async def test_a_batch_refused_as_a_whole_is_retried_one_by_one() -> None:
         [envelope(v, offset=i) for i, v in enumerate(values)], store=store, limits=limits
     )
     assert [o.error is None for o in outcomes] == [True, False, True]
-    assert outcomes[1].error is not None and outcomes[1].error.sqlstate == "22P05"
+    assert outcomes[1].error is not None and outcomes[1].error.sqlstate == "22021"
 
 
-async def test_json_nested_beyond_the_parser_stack_is_undecodable_not_a_crash() -> None:
-    deep = b"[" * 5000 + b"]" * 5000
-    with_ids = json.dumps(command(x=0)).encode().replace(b'"x": 0', b'"x": ' + deep)
+async def test_unknown_fields_never_reach_the_store() -> None:
+    """SPEC §3: unknown fields are ignored, even those PostgreSQL could not hold (U+0000)."""
+    store = FakeStore()
+    value = json.dumps(command(extension="nul \u0000 inside", nested={"a": [1, {"b": None}]}))
+    outcomes = await handle_capture_batch([envelope(value.encode())], store=store, limits=LIMITS)
+    assert outcomes[0].error is None
+    (sent,) = store.calls[0]
+    assert sent.url == "https://example.com/a" and struct.unpack(
+        ">4f", sent.embedding
+    ) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert not hasattr(sent, "extension")
+
+
+async def test_unknown_fields_nested_within_the_limit_are_ingested() -> None:
+    inside = b"[" * MAX_NESTING_DEPTH + b"]" * MAX_NESTING_DEPTH
+    value = json.dumps(command(x=0)).encode().replace(b'"x": 0', b'"x": ' + inside)
+    outcomes = await handle_capture_batch(
+        [envelope(value)],
+        store=FakeStore(),
+        limits=Limits(embedding_dim=DIM, max_message_bytes=64 * 1024, db_batch_size=2),
+    )
+    assert outcomes[0].error is None
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH + 1, 5000])
+async def test_json_nested_beyond_the_limit_is_invalid_and_keeps_its_ids(depth: int) -> None:
+    deep = b"[" * depth + b"]" * depth
+    body = command(x=0)
+    with_ids = json.dumps(body).encode().replace(b'"x": 0', b'"x": ' + deep)
     assert b'"x": [[[' in with_ids
     outcomes = await handle_capture_batch(
         [envelope(deep, 0, key=b"k"), envelope(with_ids, 1, key=b"k")],
         store=FakeStore(),
         limits=Limits(embedding_dim=DIM, max_message_bytes=64 * 1024, db_batch_size=2),
     )
-    assert [o.error.kind if o.error else None for o in outcomes] == [ErrorKind.UNDECODABLE] * 2
-    assert [o.result for o in outcomes] == [None, None]  # ids unreadable: no result event
+    assert [o.error.kind if o.error else None for o in outcomes] == [ErrorKind.INVALID] * 2
+    assert outcomes[1].error is not None and str(MAX_NESTING_DEPTH) in outcomes[1].error.message
+    assert outcomes[0].result is None  # a bare array: no ids to put in a result
+    rejected = outcomes[1].result
+    assert rejected is not None and rejected["status"] == "rejected"
+    assert (rejected["command_id"], rejected["user_id"]) == (body["command_id"], body["user_id"])
+
+
+def test_ids_are_read_from_the_top_level_only() -> None:
+    top = command()
+    decoy = {"command_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
+    deep = b"[" * 3000 + json.dumps(decoy).encode() + b"]" * 3000
+    value = (
+        b'{"x": '
+        + deep
+        + b', "command_id": "'
+        + top["command_id"].encode()
+        + b'", "y": "\\"user_id\\": \\"nope\\"", "user_id": "'
+        + top["user_id"].encode()
+        + b'"}'
+    )
+    assert readable_ids(value) == (uuid.UUID(top["command_id"]), uuid.UUID(top["user_id"]))
+
+
+async def test_float32_overflow_is_refused_before_the_database() -> None:
+    store = FakeStore()
+    value = json.dumps(command(embedding=[1e39, 0.2, 0.3, 0.4])).encode()
+    outcomes = await handle_capture_batch([envelope(value)], store=store, limits=LIMITS)
+    assert store.calls == []
+    error = outcomes[0].error
+    assert error is not None and error.kind is ErrorKind.CONSTRAINT and error.sqlstate == "22003"

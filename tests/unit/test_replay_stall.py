@@ -9,6 +9,7 @@ from tests.support.fakes import OTHER_USER as FREE_USER
 from tests.support.fakes import USER as LOCKED_USER
 from tests.support.fakes import FakePublisher, FakeStore, limits, record
 from worker.application.batch import BatchProcessor
+from worker.application.ports import IngestCommand
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError
 from worker.infrastructure.kafka_client import envelopes
@@ -22,9 +23,9 @@ class LockedTwice(FakeStore):
         super().__init__(locked={LOCKED_USER})
         self.failures = 0
 
-    async def ingest_batch(self, commands_json: Sequence[str]) -> list[Any]:
+    async def ingest_commands(self, commands: Sequence[IngestCommand]) -> list[Any]:
         try:
-            return await super().ingest_batch(commands_json)
+            return await super().ingest_commands(commands)
         except TransientError:
             self.failures += 1
             if self.failures >= 2:

@@ -6,7 +6,10 @@ and ids of accepted commands all come back from `ingest_batch`.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +19,8 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand, CaptureResult, ErrorInfo, ErrorKind, ResultStatus
-from worker.application.ports import CaptureStore, Envelope, ResultObject
+from contracts.commands import MAX_NESTING_DEPTH
+from worker.application.ports import CaptureStore, Envelope, IngestCommand, ResultObject
 from worker.core.logging import get_logger
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
@@ -45,6 +49,12 @@ class Limits:
 def _describe(exc: ValidationError) -> tuple[ErrorKind, str]:
     errors = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
+        if any("recursion limit exceeded" in e["msg"] for e in errors):
+            # JSON, but deeper than the contract allows (SPEC §3): a shape problem.
+            return ErrorKind.INVALID, (
+                f"(root): arrays and objects nest deeper than {MAX_NESTING_DEPTH} levels, "
+                "the contract's limit (unknown fields included)"
+            )
         return ErrorKind.UNDECODABLE, "not valid UTF-8 JSON: " + errors[0]["msg"]
     kind = ErrorKind.INVALID
     parts = []
@@ -80,16 +90,80 @@ def decode_command(envelope: Envelope, limits: Limits) -> CaptureArtifactCommand
     return command
 
 
+@functools.lru_cache(maxsize=8)
+def _float32_be(dim: int) -> struct.Struct:
+    return struct.Struct(f">{dim}f")
+
+
+def ingest_command(command: CaptureArtifactCommand) -> IngestCommand:
+    """The typed form the database takes: the contract's fields only, the embedding as float32.
+
+    Raises PermanentError(CONSTRAINT) for a number the contract accepts but float32 cannot
+    hold (|x| > 3.4e38): the database would refuse it as out of range (SQLSTATE 22003).
+    """
+    # struct packs 4x faster than array("f", ...) here, big-endian as the database wants it,
+    # and refuses a number that would round to infinity.
+    try:
+        embedding = _float32_be(len(command.embedding)).pack(*command.embedding)
+    except OverflowError:
+        raise PermanentError(
+            ErrorKind.CONSTRAINT,
+            "embedding: a number is out of range for type vector (float4)",
+            sqlstate="22003",
+        ) from None
+    return IngestCommand(
+        command_id=command.command_id,
+        user_id=command.user_id,
+        url=command.url,
+        title=command.title,
+        embedding=embedding,
+        reading_depth=command.reading_depth,
+        occurred_at=command.occurred_at,
+    )
+
+
+# Tokens of a JSON text that matter for its nesting: strings (skipped whole) and brackets.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[][{}]')
+_COLON_STRING = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _top_level_strings(value: bytes, keys: frozenset[bytes]) -> dict[bytes, str]:
+    """The string members named `keys` of a top-level JSON object, at any nesting depth.
+
+    A flat scan instead of a parser: a document nested deeper than any parser's stack still
+    yields its ids. Only used on rejected payloads the parser could not take.
+    """
+    found: dict[bytes, str] = {}
+    depth = 0
+    for token in _JSON_TOKENS.finditer(value):
+        text = token.group()
+        if text[0] == 0x22:  # a string
+            if depth == 1 and text[1:-1] in keys:
+                member = _COLON_STRING.match(value, token.end())
+                if member is not None:
+                    found.setdefault(text[1:-1], json.loads(member.group(1)))
+        elif text in (b"[", b"{"):
+            depth += 1
+        else:
+            depth -= 1
+    return found
+
+
+_ID_KEYS = frozenset({b"command_id", b"user_id"})
+
+
 def readable_ids(value: bytes | None) -> tuple[UUID | None, UUID | None]:
     """command_id and user_id of a rejected payload, when they can be read at all."""
     if value is None or len(value) > 16 * 1024 * 1024:
         return None, None
     try:
-        data = json.loads(value)
+        try:
+            data = json.loads(value)
+        except RecursionError:
+            # Nested deeper than json's stack: read the two top-level strings by a flat scan.
+            data = {k.decode(): v for k, v in _top_level_strings(value, _ID_KEYS).items()}
         return UUID(str(data["command_id"])), UUID(str(data["user_id"]))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        # RecursionError: JSON nested deeper than the parser's stack (a few thousand "[" are
-        # enough). Uncaught, it failed the whole batch on every redelivery, forever.
         return None, None
 
 
@@ -132,29 +206,28 @@ async def handle_capture_batch(
 ) -> list[Outcome]:
     """Handle one partition's records, in order. TransientError propagates: retry the whole call."""
     outcomes: list[Outcome | None] = [None] * len(envelopes)
-    # Only the ids are kept, not the validated command: its embedding (a list of hundreds of
-    # floats) then dies at once instead of living through the database call, where the
-    # cyclic GC had to walk every one of them (collections of 100 ms and more).
-    accepted: list[tuple[int, UUID, UUID]] = []
+    # Only the typed form is kept, not the validated command: its embedding (a list of
+    # hundreds of floats) then dies at once instead of living through the database call, where
+    # the cyclic GC had to walk every one of them (collections of 100 ms and more).
+    accepted: list[tuple[int, IngestCommand]] = []
     for index, envelope in enumerate(envelopes):
         try:
-            command = decode_command(envelope, limits)
+            command = ingest_command(decode_command(envelope, limits))
         except PermanentError as error:
             outcomes[index] = reject(envelope, error)
         else:
-            accepted.append((index, command.user_id, command.command_id))
+            accepted.append((index, command))
 
     size = max(1, limits.db_batch_size)
     for start in range(0, len(accepted), size):
         chunk = accepted[start : start + size]
-        texts = [(envelopes[i].value or b"").decode() for i, _, _ in chunk]
-        replies = await _ingest_isolated(store, texts)
-        for (index, user_id, command_id), reply in zip(chunk, replies, strict=True):
+        replies = await _ingest_isolated(store, [c for _, c in chunk])
+        for (index, command), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
                 outcome = reject(envelope, reply)
             else:
-                outcome = Outcome(envelope, reply, None, user_id, command_id)
+                outcome = Outcome(envelope, reply, None, command.user_id, command.command_id)
             outcomes[index] = outcome
 
     done = [o for o in outcomes if o is not None]
@@ -162,19 +235,18 @@ async def handle_capture_batch(
 
 
 async def _ingest_isolated(
-    store: CaptureStore, texts: list[str]
+    store: CaptureStore, commands: list[IngestCommand]
 ) -> list[ResultObject | PermanentError]:
     try:
-        return await store.ingest_batch(texts)
+        return await store.ingest_commands(commands)
     except PermanentError as error:
-        # The call as a whole was refused (e.g. one payload PostgreSQL cannot
-        # even parse as jsonb). Nothing was committed: redo one by one so only
-        # the culprit is refused.
-        if len(texts) == 1:
+        # The call as a whole was refused (e.g. a text with U+0000, which PostgreSQL cannot
+        # even bind). Nothing was committed: redo one by one so only the culprit is refused.
+        if len(commands) == 1:
             return [error]
         replies: list[ResultObject | PermanentError] = []
-        for text in texts:
-            replies.extend(await _ingest_isolated(store, [text]))
+        for command in commands:
+            replies.extend(await _ingest_isolated(store, [command]))
         return replies
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from worker.domain.errors import PermanentError
 
@@ -14,13 +16,34 @@ if TYPE_CHECKING:
 ResultObject = dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class IngestCommand:
+    """A validated command, typed for the database: only the contract's fields, no JSON.
+
+    The embedding is what the database stores: IEEE 754 float32 numbers, big-endian, 4 bytes
+    each, in one `bytes` object (the cyclic GC never walks it) instead of a list of Python
+    floats. `embedding_dim` is len(embedding) // 4.
+    """
+
+    command_id: UUID
+    user_id: UUID
+    url: str
+    title: str | None
+    embedding: bytes
+    reading_depth: float
+    occurred_at: datetime
+
+
 class CaptureStore(Protocol):
     """The database, command-shaped: the only writes are these calls."""
 
-    async def ingest_batch(
-        self, commands_json: Sequence[str]
+    async def ingest_commands(
+        self, commands: Sequence[IngestCommand]
     ) -> list[ResultObject | PermanentError]:
-        """Apply each command in order, in one transaction; a refused one is isolated."""
+        """Apply each command in order, in one transaction; a refused one changes nothing.
+
+        Raises PermanentError when the call as a whole was refused (nothing committed).
+        """
         ...
 
     async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:

@@ -21,6 +21,17 @@ def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written (a test runner swaps it, and closes the
+    one it swapped in), not the one at configuration time."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: str = "INFO") -> None:
     pretty = fmt == "pretty" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
@@ -48,11 +59,11 @@ def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: st
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # Library loggers (aiokafka, faststream) go through the same renderer.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )

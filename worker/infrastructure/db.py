@@ -9,11 +9,12 @@ for whichever schema holds the `vector` type (public, or extensions on Supabase)
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
-from pgvector.asyncpg import register_vector
+from pgvector import Vector
 
 from worker.infrastructure.db_errors import translate_db_errors
 
@@ -27,6 +28,28 @@ def _encode_json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+_VECTOR_HEADER = struct.Struct(">HH")  # pgvector's binary form: dim, unused, then float4s
+
+
+def vector_binary(embedding: bytes) -> bytes:
+    """pgvector's binary form of big-endian float32 numbers: what to pass for a `vector`.
+
+    Bytes, not a sequence of numbers: asyncpg takes any sized iterable inside a list parameter
+    for one more array dimension, so a vector[] argument must hold opaque elements.
+    """
+    return _VECTOR_HEADER.pack(len(embedding) // 4, 0) + embedding
+
+
+def encode_vector(value: Any) -> bytes:
+    """The vector codec's encoder: bytes are pgvector's binary form already (vector_binary),
+    anything else goes through pgvector's Vector (lists, numpy arrays)."""
+    if isinstance(value, bytes):
+        return value
+    vector = value if isinstance(value, Vector) else Vector(value)
+    binary: bytes = vector.to_binary()
+    return binary
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Register the jsonb codec and, when pgvector is installed, the vector codec."""
     await conn.set_type_codec(
@@ -34,7 +57,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
     schema = await conn.fetchval(_VECTOR_SCHEMA)
     if schema is not None:  # not migrated yet: nothing returns vectors then anyway
-        await register_vector(conn, schema=schema)
+        # pgvector's own codec (pgvector.asyncpg.register_vector), with an encoder that also
+        # takes the worker's float32 arrays without a detour through a list.
+        await conn.set_type_codec(
+            "vector",
+            schema=schema,
+            encoder=encode_vector,
+            decoder=Vector.from_binary,
+            format="binary",
+        )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

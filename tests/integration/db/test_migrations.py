@@ -75,11 +75,8 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
     message = str(caught.value)
     assert "0002_functions.sql was edited after it was applied" in message
     assert "add a new migration instead" in message
-    assert [s.checksum_ok for s in await migration_status(empty_db, directory=folder)] == [
-        True,
-        False,
-        True,
-    ]
+    status = await migration_status(empty_db, directory=folder)
+    assert [s.checksum_ok for s in status] == [s.name != "0002_functions.sql" for s in status]
 
     # A new file is the way to change things.
     (folder / "0002_functions.sql").write_text(
