@@ -92,7 +92,7 @@ class OutcomePublisher:
         except MessageSizeTooLargeError:
             # Too big even for the dead-letter topic: keep the evidence (headers,
             # source coordinates) rather than block the partition forever.
-            headers.append(("capture.value.dropped", str(len(env.value or b"")).encode()))
+            headers.append((dlq_headers.VALUE_DROPPED, str(len(env.value or b"")).encode()))
             future = await self._producer.send(
                 self._dlq_topic, value=None, key=env.key, headers=headers
             )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from worker import __version__
-from worker.interfaces.cli import db, extensions, publish, replay, run, tail
+from worker.interfaces.cli import db, dlq, extensions, publish, replay, run, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -39,6 +39,7 @@ db.register(app)
 publish.register(app)
 tail.register(app)
 replay.register(app)
+dlq.register(app)
 # stack, demo, bench, bench-db: the devkit's, when it is installed with its extras.
 extensions.load(app)
 
