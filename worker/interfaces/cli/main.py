@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from worker import __version__
-from worker.interfaces.cli import db, dlq, extensions, publish, replay, run, tail
+from worker.interfaces.cli import db, dlq, extensions, publish, replay, run, status, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -40,6 +40,7 @@ publish.register(app)
 tail.register(app)
 replay.register(app)
 dlq.register(app)
+status.register(app)
 # stack, demo, bench, bench-db: the devkit's, when it is installed with its extras.
 extensions.load(app)
 
