@@ -59,3 +59,15 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+DB_CALL_SECONDS = Histogram(
+    "capture_db_call_seconds",
+    "Time of one call to a capture.* SQL function, by function (ingest_batch: one batch).",
+    ["function"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    registry=REGISTRY,
+)
+INTERNAL_ERRORS = Counter(
+    "capture_internal_errors_total",
+    "Unexpected errors inside the worker (a bug, not bad input nor an outage).",
+    registry=REGISTRY,
+)

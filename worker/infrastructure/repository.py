@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from contracts.results import ErrorKind
+from worker.core import metrics
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db_errors import CONFLICT_SQLSTATE, translate_db_errors
 
@@ -44,7 +45,10 @@ class ArtifactRepository:
             return []
         # The elements are JSON texts already: join them rather than parse and re-encode.
         payload = "[" + ",".join(commands_json) + "]"
-        with translate_db_errors("ingest_batch"):
+        with (
+            translate_db_errors("ingest_batch"),
+            metrics.DB_CALL_SECONDS.labels(function="ingest_batch").time(),
+        ):
             elements: list[dict[str, Any]] = await self._pool.fetchval(
                 "SELECT capture.ingest_batch($1::jsonb)", payload
             )
