@@ -27,3 +27,7 @@ REDRIVE = (REDRIVE_COUNT, REDRIVE_AT, REDRIVE_FROM)
 
 ADDED_BY_WORKER = (*ALL, VALUE_DROPPED, *REDRIVE)
 """Everything capture-worker adds; what remains of a dead letter's headers is the producer's."""
+
+TRACEPARENT = "traceparent"
+"""W3C trace context (OpenTelemetry): on commands from `publish`, on results and dead letters."""
+TRACESTATE = "tracestate"

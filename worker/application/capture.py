@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand, CaptureResult, ErrorInfo, ErrorKind, ResultStatus
 from worker.application.ports import CaptureStore, Envelope, ResultObject
+from worker.core import tracing
 from worker.core.logging import get_logger
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
@@ -136,9 +137,11 @@ async def handle_capture_batch(
     # floats) then dies at once instead of living through the database call, where the
     # cyclic GC had to walk every one of them (collections of 100 ms and more).
     accepted: list[tuple[int, UUID, UUID]] = []
+    tracing.consumed(envelopes)
     for index, envelope in enumerate(envelopes):
         try:
-            command = decode_command(envelope, limits)
+            with tracing.validating(envelope):
+                command = decode_command(envelope, limits)
         except PermanentError as error:
             outcomes[index] = _reject(envelope, error)
         else:
@@ -148,7 +151,8 @@ async def handle_capture_batch(
     for start in range(0, len(accepted), size):
         chunk = accepted[start : start + size]
         texts = [(envelopes[i].value or b"").decode() for i, _, _ in chunk]
-        replies = await _ingest_isolated(store, texts)
+        with tracing.db_call(envelopes, chunk):
+            replies = await _ingest_isolated(store, texts)
         for (index, user_id, command_id), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
