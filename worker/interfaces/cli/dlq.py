@@ -459,6 +459,9 @@ def redrive_command(
             _line(letter, f"[yellow]not sendable: {why}[/]"), highlight=False, soft_wrap=True
         )
     title = f"{verb} {len(plan.send)} of {plan.examined} examined (group {group})"
-    console.print(_histogram_table(plan.send, title))
+    if plan.send:
+        console.print(_histogram_table(plan.send, title))
+    else:
+        console.print(f"nothing to send: {plan.examined} examined (group {group})")
     if not execute and plan.send:
         err_console.print("[bold]dry run:[/] nothing was sent; --execute sends.")

@@ -148,6 +148,15 @@ async def snapshot(
         await admin.close()
 
 
+def _compact(partitions: list[str]) -> str:
+    """`t[0] t[1] u[3]` as `t: 0 1  u: 3`."""
+    by_topic: dict[str, list[str]] = {}
+    for name in partitions:
+        topic, _, number = name.rstrip("]").rpartition("[")
+        by_topic.setdefault(topic, []).append(number)
+    return "  ".join(f"{topic}: {' '.join(numbers)}" for topic, numbers in by_topic.items())
+
+
 def render(status: Status, max_lag: int | None) -> Group:
     head = Table(show_header=False, title=f"consumer group {status.group}")
     head.add_row("state", status.state)
@@ -163,7 +172,7 @@ def render(status: Status, max_lag: int | None) -> Group:
     for column in ("client id", "host", "partitions"):
         members.add_column(column)
     for m in status.members:
-        members.add_row(m.client_id, m.host, " ".join(m.partitions))
+        members.add_row(m.client_id, m.host, _compact(m.partitions))
 
     lags = Table(title=f"{status.topic}")
     for column in ("partition", "committed", "end", "lag"):
