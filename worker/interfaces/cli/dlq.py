@@ -20,6 +20,7 @@ import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from contracts import headers as H
@@ -67,15 +68,38 @@ def _letter(record: Any) -> DeadLetter:
     )
 
 
+def _progress(label: str) -> Progress:
+    """On stderr, and only on a terminal: stdout stays clean for --format json."""
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+        transient=True,
+    )
+
+
 async def _read(
     consumer: AIOKafkaConsumer,
     start: Mapping[TopicPartition, int],
     end: Mapping[TopicPartition, int],
+    label: str = "reading the DLQ",
 ) -> AsyncIterator[list[DeadLetter]]:
     """Batches of records from `start` up to the end offsets taken before (not later ones)."""
     for tp, offset in start.items():
         consumer.seek(tp, offset)
     active = {tp for tp in start if start[tp] < end[tp]}
+    with _progress(label) as progress:
+        task = progress.add_task(label, total=sum(max(0, end[tp] - start[tp]) for tp in start))
+        async for batch in _fetch(consumer, active, end):
+            yield batch
+            progress.advance(task, len(batch))
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, active: set[TopicPartition], end: Mapping[TopicPartition, int]
+) -> AsyncIterator[list[DeadLetter]]:
     while active:
         fetched = await consumer.getmany(*active, timeout_ms=1000, max_records=COMMIT_EVERY)
         batch = [
@@ -164,7 +188,8 @@ async def redrive(
             done = await consumer.committed(tp)
             start[tp] = max(beginning[tp], done) if done is not None else beginning[tp]
         targets: dict[str, list[int]] = {}
-        async for batch in _read(consumer, start, end):
+        label = "redriving" if execute else "dry run"
+        async for batch in _read(consumer, start, end, label):
             pending = []
             now = datetime.now(UTC)
             for letter in batch:
