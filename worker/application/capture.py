@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from contracts import CaptureArtifactCommand, CaptureResult, ErrorInfo, ErrorKind, ResultStatus
 from contracts.commands import MAX_NESTING_DEPTH
 from worker.application.ports import CaptureStore, Envelope, IngestCommand, ResultObject
+from worker.core import tracing
 from worker.core.logging import get_logger
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
@@ -210,9 +211,11 @@ async def handle_capture_batch(
     # hundreds of floats) then dies at once instead of living through the database call, where
     # the cyclic GC had to walk every one of them (collections of 100 ms and more).
     accepted: list[tuple[int, IngestCommand]] = []
+    tracing.consumed(envelopes)
     for index, envelope in enumerate(envelopes):
         try:
-            command = ingest_command(decode_command(envelope, limits))
+            with tracing.validating(envelope):
+                command = ingest_command(decode_command(envelope, limits))
         except PermanentError as error:
             outcomes[index] = reject(envelope, error)
         else:
@@ -221,7 +224,8 @@ async def handle_capture_batch(
     size = max(1, limits.db_batch_size)
     for start in range(0, len(accepted), size):
         chunk = accepted[start : start + size]
-        replies = await _ingest_isolated(store, [c for _, c in chunk])
+        with tracing.db_call(envelopes, [(i, c.user_id, c.command_id) for i, c in chunk]):
+            replies = await _ingest_isolated(store, [c for _, c in chunk])
         for (index, command), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):

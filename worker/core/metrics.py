@@ -64,3 +64,10 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+DB_CALL_SECONDS = Histogram(
+    "capture_db_call_seconds",
+    "Time of one call to a capture.* SQL function, by function (ingest_typed: one batch).",
+    ["function"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    registry=REGISTRY,
+)

@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from worker.application.ports import IngestCommand
+from worker.core import metrics
 from worker.core.logging import get_logger
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import vector_binary
@@ -48,7 +49,10 @@ class ArtifactRepository:
             return []
         # The elements are JSON texts already: join them rather than parse and re-encode.
         payload = "[" + ",".join(commands_json) + "]"
-        with translate_db_errors("ingest_batch"):
+        with (
+            translate_db_errors("ingest_batch"),
+            metrics.DB_CALL_SECONDS.labels(function="ingest_batch").time(),
+        ):
             elements: list[dict[str, Any]] = await self._pool.fetchval(
                 "SELECT capture.ingest_batch($1::jsonb)", payload
             )
@@ -68,7 +72,10 @@ class ArtifactRepository:
             return []
         arguments = typed_arguments(commands)
         try:
-            with translate_db_errors("ingest_typed"):
+            with (
+                translate_db_errors("ingest_typed"),
+                metrics.DB_CALL_SECONDS.labels(function="ingest_typed").time(),
+            ):
                 elements: list[dict[str, Any]] = await self._pool.fetchval(
                     _INGEST_TYPED, *arguments, False
                 )
@@ -79,7 +86,10 @@ class ArtifactRepository:
                 sqlstate=error.sqlstate,
                 commands=len(commands),
             )
-            with translate_db_errors("ingest_typed"):
+            with (
+                translate_db_errors("ingest_typed"),
+                metrics.DB_CALL_SECONDS.labels(function="ingest_typed").time(),
+            ):
                 elements = await self._pool.fetchval(_INGEST_TYPED, *arguments, True)
         return [batch_element(e) for e in elements]
 

@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from contracts import headers as dlq_headers
 from worker.application.capture import Outcome, result_bytes
-from worker.core import metrics
+from worker.core import metrics, tracing
 from worker.core.logging import debug_enabled, get_logger
 from worker.domain.errors import TransientError
 
@@ -43,6 +43,7 @@ class OutcomePublisher:
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
         """Send everything, then wait for every acknowledgement (acks=all)."""
+        started = tracing.now_ns()
         try:
             pending: list[asyncio.Future[Any]] = []
             for outcome in outcomes:
@@ -52,12 +53,16 @@ class OutcomePublisher:
                     key = str(outcome.user_id).encode() if outcome.user_id else outcome.envelope.key
                     pending.append(
                         await self._producer.send(
-                            self._results_topic, value=result_bytes(outcome.result), key=key
+                            self._results_topic,
+                            value=result_bytes(outcome.result),
+                            key=key,
+                            headers=tracing.result_headers(outcome.envelope),
                         )
                     )
             await asyncio.gather(*pending)
         except KafkaError as exc:
             raise TransientError(f"kafka publish failed: {exc!r}") from exc
+        tracing.published(outcomes, started)
         rejected = 0
         debug = debug_enabled()
         for outcome in outcomes:
@@ -83,7 +88,7 @@ class OutcomePublisher:
 
     async def _send_dlq(self, outcome: Outcome) -> asyncio.Future[Any]:
         env = outcome.envelope
-        headers = dlq_record_headers(outcome)
+        headers = [*dlq_record_headers(outcome), *tracing.dead_letter_headers(env)]
         try:
             future: asyncio.Future[Any] = await self._producer.send(
                 self._dlq_topic, value=env.value, key=env.key, headers=headers

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from worker import __version__
-from worker.interfaces.cli import db, extensions, publish, replay, run, tail
+from worker.interfaces.cli import db, dlq, extensions, publish, replay, run, status, tail
 
 app = typer.Typer(
     name="capture-worker",
@@ -40,6 +40,8 @@ db.register(app)
 publish.register(app)
 tail.register(app)
 replay.register(app)
+dlq.register(app)
+status.register(app)
 
 
 def _builtin_commands() -> set[str]:

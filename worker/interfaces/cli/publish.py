@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from contracts import CaptureArtifactCommand
+from worker.core import tracing
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging
 from worker.infrastructure.kafka_client import connection_options, producer_options
@@ -226,7 +227,12 @@ async def send_records(
                 await bucket.take()
             # `send` only queues the record (it waits when the buffer is full); the
             # returned future resolves when the broker acknowledged it.
-            future = await producer.send(topic, record.value, key=record.key)
+            future = await producer.send(
+                topic,
+                record.value,
+                key=record.key,
+                headers=tracing.new_trace_headers(topic, record.key),
+            )
             future.add_done_callback(delivered)
             pending.append(future)
         await asyncio.gather(*pending, return_exceptions=True)
@@ -403,6 +409,7 @@ def publish_command(
         return
 
     target = topic or settings.commands_topic
+    tracing.configure("capture-worker-publish")  # a trace per command, when asked for
     try:
         with _progress(show_progress) as progress:
             task = progress.add_task("publish", total=len(checked.records), rate=0.0)
@@ -425,6 +432,8 @@ def publish_command(
     except KeyboardInterrupt:
         fail("interrupted: some commands may have been sent", 130)
         return
+    finally:
+        tracing.shutdown()
     report.invalid = checked.invalid_lines
     _print_report(report, fmt)
     if report.failed:

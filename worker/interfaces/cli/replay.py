@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -49,6 +50,7 @@ class ReplaySummary:
     seconds: float = 0.0
     digest: str = ""
     verified: bool | None = None
+    until: str | None = None
 
     @property
     def rate(self) -> float:
@@ -107,8 +109,9 @@ async def replay(
     rebuild_index: bool,
     emit_results: str | None,
     show_progress: bool,
+    until: datetime | None = None,
 ) -> ReplaySummary:
-    summary = ReplaySummary(topic=topic)
+    summary = ReplaySummary(topic=topic, until=until.isoformat() if until else None)
     pool = await create_pool(database_url, max_size=settings.topic_partitions + 2)
     repo = ArtifactRepository(pool)
     consumer = AIOKafkaConsumer(
@@ -130,6 +133,8 @@ async def replay(
             await repo.reset_state()
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
+        if until is not None:
+            end = await offsets_after(consumer, tps, until, end)
         start = await consumer.beginning_offsets(tps)
         if since is not None:
             found = await consumer.offsets_for_times({tp: to_millis(since) for tp in tps})
@@ -210,6 +215,27 @@ async def replay(
         await pool.close()
 
 
+async def offsets_after(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    until: datetime,
+    end: dict[TopicPartition, int],
+) -> dict[TopicPartition, int]:
+    """Per partition, the first offset whose record is later than `until` (else the end)."""
+    found = await consumer.offsets_for_times({tp: to_millis(until) + 1 for tp in tps})
+    return {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two DSNs name the same database (host, port and name; not the credentials)."""
+    left, right = urlsplit(a), urlsplit(b)
+    return (left.hostname, left.port or 5432, left.path.strip("/")) == (
+        right.hostname,
+        right.port or 5432,
+        right.path.strip("/"),
+    )
+
+
 async def _process_fully(processor: BatchProcessor, records: list[Envelope]) -> None:
     """Like the worker, but in place of pausing a stalled partition, wait and redo its rest."""
     pending = records
@@ -236,6 +262,14 @@ def register(app: typer.Typer) -> None:
         from_timestamp: Annotated[
             str | None,
             typer.Option(help="Replay from this time: RFC 3339 or a duration such as -1h."),
+        ] = None,
+        until: Annotated[
+            str | None,
+            typer.Option(
+                metavar="TIME",
+                help="Only commands up to TIME (RFC 3339 or -1h): the state as of that moment."
+                " Needs --database-url; the live database only with --reset --yes.",
+            ),
         ] = None,
         reset: Annotated[
             bool, typer.Option(help="Empty the business state first (asks unless --yes).")
@@ -271,11 +305,43 @@ def register(app: typer.Typer) -> None:
             OutputFormat, typer.Option("--format", help="pretty or json.")
         ] = OutputFormat.PRETTY,
     ) -> None:
-        """Rebuild state from the command topic, up to its end at start; prints the digest."""
+        """Rebuild state from the command topic, up to its end at start; prints the digest.
+
+        --until TIME stops at the last command recorded at or before TIME (Kafka record
+        timestamps), so the digest is that of the state as it was when the worker had
+        processed it. It starts from the beginning unless --from-timestamp, and writes only
+        to a database named with --database-url: the live one (DATABASE_URL) only with
+        --reset --yes.
+
+        Examples:
+
+          capture-worker replay --from-beginning --reset --yes --database-url $REBUILD_URL
+
+          capture-worker replay --until 2026-11-26T09:00:00Z --reset --yes --database-url $ASOF_URL
+
+          capture-worker replay --until -1h --reset --yes --database-url $ASOF_URL --format json
+        """
         settings = get_settings()
         configure_logging(settings.log_format, "WARNING")
+        if until is not None and not from_timestamp:
+            from_beginning = True  # a state as of a moment starts from the first command
         if from_beginning == (from_timestamp is not None):
             fail("give exactly one of --from-beginning or --from-timestamp", 2)
+        live_url = settings.database_url.get_secret_value()
+        until_at = None
+        if until is not None:
+            try:
+                until_at = parse_timestamp(until)
+            except ValueError as exc:
+                fail(str(exc), 2)
+            if database_url is None:
+                fail("--until writes a past state: name its database with --database-url", 2)
+            if same_database(database_url, live_url) and not (reset and yes):
+                fail(
+                    "--until would overwrite the live database (DATABASE_URL): choose another"
+                    " --database-url, or give --reset --yes to do it on purpose",
+                    2,
+                )
         since = None
         if from_timestamp is not None:
             try:
@@ -302,13 +368,14 @@ def register(app: typer.Typer) -> None:
             summary = asyncio.run(
                 replay(
                     settings,
-                    database_url=database_url or settings.database_url.get_secret_value(),
+                    database_url=database_url or live_url,
                     topic=source,
                     since=since,
                     reset=reset,
                     rebuild_index=rebuild_index,
                     emit_results=emit_results,
                     show_progress=output is OutputFormat.PRETTY and err_console.is_terminal,
+                    until=until_at,
                 )
             )
         except ReplayError as exc:
@@ -327,6 +394,8 @@ def register(app: typer.Typer) -> None:
             table.add_row("ingested", str(summary.ingested))
             table.add_row("rejected", str(summary.rejected))
             table.add_row("seconds", f"{summary.seconds:.2f} ({summary.rate:.0f}/s)")
+            if summary.until is not None:
+                table.add_row("until", summary.until)
             table.add_row("digest", summary.digest)
             if summary.verified is not None:
                 table.add_row(

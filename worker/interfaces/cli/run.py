@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from worker.core import tracing
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging, get_logger
 from worker.interfaces.http import start_http
@@ -38,6 +39,7 @@ def register(app: typer.Typer) -> None:
 
 
 async def _run(settings: Settings) -> int:
+    tracing.configure("capture-worker")
     worker = build_worker(settings)
     # What exists by now (modules, schemas, the app) lives as long as the process; frozen, it is
     # out of the cyclic GC's reach, and a full collection walks only what the work allocates.
@@ -51,5 +53,6 @@ async def _run(settings: Settings) -> int:
     finally:
         server.close()
         await server.wait_closed()
+        tracing.shutdown()
     log.info("worker stopped", exit_code=worker.exit_code)
     return worker.exit_code

@@ -1,0 +1,44 @@
+"""A running worker's /metrics carries every metric the alert rules and the dashboard use."""
+
+from __future__ import annotations
+
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka import produce, wait_for_count
+from tests.support.promql import (
+    alert_expressions,
+    dashboard_expressions,
+    exported_names,
+    metric_names,
+)
+from tests.support.streams import make_stream
+
+
+async def test_rules_and_dashboard_use_only_what_a_running_worker_exports(
+    worker_setup: WorkerSetup, kafka_bootstrap: str
+) -> None:
+    stream = make_stream(50, users=2, seed=91, poison=True)
+    await produce(kafka_bootstrap, worker_setup.commands, stream.records())
+    worker = worker_setup.start()
+    worker.wait_ready()
+    await wait_for_count(
+        kafka_bootstrap, worker_setup.results, len(stream.valid) + len(stream.readable_poison())
+    )
+    status, body = worker.get("/metrics")
+    assert status == 200
+    exported = exported_names(body)
+    used = {name for expr in alert_expressions().values() for name in metric_names(expr)}
+    used |= {
+        name
+        for exprs in dashboard_expressions().values()
+        for expr in exprs
+        for name in metric_names(expr)
+    }
+    assert "capture_internal_errors_total" in used
+    assert used <= exported, f"used but not on /metrics: {sorted(used - exported)}"
+    # Not only declared: the series the rules watch carry samples on a live worker.
+    samples = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line[:1] != "#"}
+    for name in ("capture_ready", "capture_consumer_lag", "capture_messages_total",
+                 "capture_dlq_total", "capture_dependency_up", "capture_db_call_seconds_bucket",
+                 "capture_internal_errors_total"):  # fmt: skip
+        assert name in samples, name
+    assert worker.terminate() == 0
