@@ -14,14 +14,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, NoReturn, TypeVar
 from uuid import UUID
 
-import asyncpg
 import typer
 from rich.table import Table
 
 from worker.core.config import get_settings
 from worker.domain.errors import CaptureError
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.db_errors import translate_db_errors
 from worker.infrastructure.migrations import (
     MigrationStatus,
     apply_migrations,
@@ -29,11 +27,10 @@ from worker.infrastructure.migrations import (
     migration_status,
 )
 from worker.infrastructure.repository import ArtifactRepository
+from worker.infrastructure.roles import WORKER_ROLE, create_login
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 
 T = TypeVar("T")
-
-WORKER_ROLE = "capture_worker"
 
 DatabaseUrl = Annotated[
     str | None,
@@ -69,23 +66,6 @@ async def _with_repo(url: str, action: Callable[[ArtifactRepository], Awaitable[
         return await action(ArtifactRepository(pool))
     finally:
         await pool.close()
-
-
-async def create_login(dsn: str, name: str, password: str) -> None:
-    """CREATE ROLE name LOGIN PASSWORD ... IN ROLE capture_worker (quoted by the server)."""
-    with translate_db_errors("create-login"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            statement = await conn.fetchval(
-                "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I',"
-                " $1::text, $2::text, $3::text)",
-                name,
-                password,
-                WORKER_ROLE,
-            )
-            await conn.execute(statement)
-        finally:
-            await conn.close()
 
 
 def _print_artifacts(artifacts: list[dict[str, Any]], output: OutputFormat, title: str) -> None:
