@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from devkit import stack
+from tests.fixtures.database import WorkerLogin
 from tests.fixtures.services import in_ci
 from tests.support.worker_process import WorkerProcess
 
@@ -39,16 +40,21 @@ async def worker_setup(
     kafka_bootstrap: str,
     make_topic: Callable[..., Awaitable[str]],
     fresh_database: Callable[[], Awaitable[str]],
+    worker_login: WorkerLogin,
     tmp_path: Path,
 ) -> AsyncIterator[WorkerSetup]:
-    """A fresh database and fresh topics, and a way to start worker processes on them."""
+    """A fresh database and fresh topics, and a way to start worker processes on them.
+
+    The workers run as the least-privilege login (`database_url` stays the owner's, for the
+    tests' own reads)."""
     database_url = await fresh_database()
     commands = await make_topic(6, suffix="commands")
     results = await make_topic(6, suffix="results")
     dlq = await make_topic(1, suffix="dlq", configs={"max.message.bytes": str(4 * 1024 * 1024)})
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": worker_login.url_for(database_url),
+        "CAPTURE_ADMIN_DATABASE_URL": database_url,
         "CAPTURE_COMMANDS_TOPIC": commands,
         "CAPTURE_RESULTS_TOPIC": results,
         "CAPTURE_DLQ_TOPIC": dlq,

@@ -11,7 +11,9 @@ import structlog
 
 _debug = False
 
-_SECRET_KEYS = frozenset({"password", "sasl_password", "database_url", "dsn", "embedding"})
+_SECRET_KEYS = frozenset(
+    {"password", "sasl_password", "database_url", "admin_database_url", "dsn", "embedding"}
+)
 
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

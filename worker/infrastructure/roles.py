@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from worker.domain.errors import ConfigurationError
 from worker.infrastructure.db_errors import translate_db_errors
@@ -79,7 +80,9 @@ async def ensure_login(dsn: str, name: str, password: str) -> None:
             await conn.close()
 
 
-async def refuse_superuser(conn: asyncpg.Connection, *, allowed: bool) -> None:
+async def refuse_superuser(
+    conn: asyncpg.Connection | PoolConnectionProxy, *, allowed: bool
+) -> None:
     """ConfigurationError when the session's user is a superuser and that was not allowed."""
     if allowed:
         return

@@ -1,7 +1,8 @@
 """Database commands: `migrate`, `digest`, `show`, and `db create-login`.
 
-The database URL comes from --database-url or the settings (DATABASE_URL); it holds a
-password, so it is never printed.
+The database URL comes from --database-url or the settings: DATABASE_URL (the worker's login)
+for `digest` and `show`, CAPTURE_ADMIN_DATABASE_URL (an owner) for `migrate` and
+`db create-login`. It holds a password, so it is never printed.
 """
 
 from __future__ import annotations
@@ -40,11 +41,25 @@ DatabaseUrl = Annotated[
         show_default=False,
     ),
 ]
+AdminUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL URL of an owner (default: CAPTURE_ADMIN_DATABASE_URL, else DATABASE_URL"
+        " when set, else the local stack's superuser).",
+        show_default=False,
+    ),
+]
 Format = Annotated[OutputFormat, typer.Option("--format", help="pretty or json.")]
 
 
 def _url(explicit: str | None) -> str:
     return explicit or get_settings().database_url.get_secret_value()
+
+
+def _admin_url(explicit: str | None) -> str:
+    """Schema changes and roles need an owner: CAPTURE_ADMIN_DATABASE_URL (see Settings)."""
+    return explicit or get_settings().admin_url()
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -108,7 +123,7 @@ def _print_status(statuses: list[MigrationStatus], output: OutputFormat) -> None
 def register(app: typer.Typer) -> None:
     @app.command("migrate")
     def migrate(
-        database_url: DatabaseUrl = None,
+        database_url: AdminUrl = None,
         dim: Annotated[
             int | None,
             typer.Option(help="Embedding dimension (default CAPTURE_EMBEDDING_DIM).", min=1),
@@ -120,11 +135,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Apply the pending sql/migrations; an edited, applied migration is refused."""
         if status:
-            _print_status(_run(migration_status(_url(database_url))), output)
+            _print_status(_run(migration_status(_admin_url(database_url))), output)
             return
         embedding_dim = dim or get_settings().embedding_dim
         names = [m.name for m in load_migrations()]
-        applied = _run(apply_migrations(_url(database_url), embedding_dim=embedding_dim))
+        applied = _run(apply_migrations(_admin_url(database_url), embedding_dim=embedding_dim))
         before = [n for n in names if n not in applied]
         if output is OutputFormat.JSON:
             emit_json(
@@ -176,7 +191,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Read the password from this environment variable (else prompt)."),
         ] = None,
-        database_url: DatabaseUrl = None,
+        database_url: AdminUrl = None,
     ) -> None:
         """Create a LOGIN role that is a member of capture_worker (EXECUTE on the functions)."""
         if password_env:
@@ -189,7 +204,7 @@ def register(app: typer.Typer) -> None:
                 _fail("the passwords differ", 2)
         if not password:
             _fail("an empty password is not allowed", 2)
-        _run(create_login(_url(database_url), name, password))
+        _run(create_login(_admin_url(database_url), name, password))
         console.print(f"[green]created[/] login {name} in role {WORKER_ROLE}")
 
     app.add_typer(db_app, name="db")

@@ -10,6 +10,7 @@ import typer
 
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging, get_logger
+from worker.domain.errors import ConfigurationError
 from worker.interfaces.http import start_http
 from worker.interfaces.kafka.app import StartupAborted, build_worker
 
@@ -47,6 +48,9 @@ async def _run(settings: Settings) -> int:
         await worker.app.run()
     except StartupAborted as exc:  # SIGTERM/SIGINT before start-up completed: a clean stop
         log.info("worker stopped before start-up completed", reason=str(exc))
+    except ConfigurationError as exc:  # retrying cannot fix it: one clear line, exit 2
+        log.error("worker cannot start", reason=str(exc))
+        return 2
     finally:
         server.close()
         await server.wait_closed()
