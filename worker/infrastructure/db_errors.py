@@ -3,11 +3,13 @@
     SQLSTATE class 22 (data exception)      -> PermanentError(CONSTRAINT)  the data is refused
     SQLSTATE class 23 (integrity violation) -> PermanentError(CONSTRAINT)
     CW409 (raised by ingest_with_signal)    -> PermanentError(CONFLICT)    id reused, new payload
+    CW412 (ingest outside READ COMMITTED)   -> TransientError              misconfigured session
     anything else, connection/OS/timeouts   -> TransientError              retry, never skip
 
 Only the first three may dead-letter a message. Everything else is retried, including errors
-that look like a misconfiguration (a missing migration, a missing privilege): skipping a
-command because the deployment is broken would lose it, retrying waits for the fix.
+that are a misconfiguration (CW412, a missing migration, a missing privilege): the command is
+not at fault, skipping it because the deployment is broken would lose it, and retrying waits
+for the fix (CAPTURE_RETRY_MAX_ATTEMPTS bounds the wait with exit code 3).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from contracts.results import ErrorKind
 from worker.domain.errors import CaptureError, PermanentError, TransientError
 
 CONFLICT_SQLSTATE = "CW409"
+ISOLATION_SQLSTATE = "CW412"
 
 _TRANSIENT_REASONS: dict[str, str] = {
+    ISOLATION_SQLSTATE: "configuration error: the ingest functions need READ COMMITTED"
+    " (check default_transaction_isolation of the role and database)",
     "40001": "serialization failure",
     "40P01": "deadlock detected",
     "55P03": "lock not available",

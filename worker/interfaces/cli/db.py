@@ -28,7 +28,7 @@ from worker.infrastructure.migrations import (
     migration_status,
 )
 from worker.infrastructure.repository import ArtifactRepository
-from worker.infrastructure.roles import WORKER_ROLE, create_login
+from worker.infrastructure.roles import WORKER_ROLE, create_login, ensure_login
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 
 T = TypeVar("T")
@@ -192,8 +192,18 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Read the password from this environment variable (else prompt)."),
         ] = None,
         database_url: AdminUrl = None,
+        exists_ok: Annotated[
+            bool,
+            typer.Option(
+                "--exists-ok", help="An existing login keeps its membership, gets this password."
+            ),
+        ] = False,
     ) -> None:
-        """Create a LOGIN role that is a member of capture_worker (EXECUTE on the functions)."""
+        """Create a LOGIN role that is a member of capture_worker (EXECUTE on the functions).
+
+        Example: APP_DB_PASSWORD=... capture-worker db create-login capture_app
+        --password-env APP_DB_PASSWORD --database-url postgresql://owner@db/app
+        """
         if password_env:
             password = os.environ.get(password_env, "")
             if not password:
@@ -204,7 +214,8 @@ def register(app: typer.Typer) -> None:
                 _fail("the passwords differ", 2)
         if not password:
             _fail("an empty password is not allowed", 2)
-        _run(create_login(_admin_url(database_url), name, password))
+        make = ensure_login if exists_ok else create_login
+        _run(make(_admin_url(database_url), name, password))
         console.print(f"[green]created[/] login {name} in role {WORKER_ROLE}")
 
     app.add_typer(db_app, name="db")
