@@ -43,7 +43,11 @@ async def _run(settings: Settings) -> int:
     # out of the cyclic GC's reach, and a full collection walks only what the work allocates.
     gc.collect()
     gc.freeze()
-    server = await start_http(worker.health, settings.http_host, settings.http_port)
+    try:
+        server = await start_http(worker.health, settings.http_host, settings.http_port)
+    except ConfigurationError as exc:
+        log.error("worker cannot start", reason=str(exc))
+        return 2
     try:
         await worker.app.run()
     except StartupAborted as exc:  # SIGTERM/SIGINT before start-up completed: a clean stop
