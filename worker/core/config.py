@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         None, validation_alias=_env("KAFKA_SASL_PASSWORD")
     )
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
+    kafka_retry_backoff_ms: int = Field(
+        500,
+        ge=10,
+        validation_alias=_env("CAPTURE_KAFKA_RETRY_BACKOFF_MS"),
+        description="Wait before aiokafka retries a failed request or reconnects (its default "
+        "is 100 ms: with the broker down, a reconnect storm and ~300 log lines a second).",
+    )
 
     def admin_url(self) -> str:
         """The URL for schema changes and admin functions (see admin_database_url)."""
