@@ -1,4 +1,5 @@
-# The worker image used by docker-compose.yml: `capture-worker migrate && capture-worker run`.
+# The worker image used by docker-compose.yml: `capture-worker run` as a least-privilege login
+# (the compose `migrate` service migrates and makes the login with the admin URL).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,4 +14,4 @@ RUN pip install . \
 
 USER capture
 EXPOSE 8080
-CMD ["sh", "-c", "capture-worker migrate && capture-worker run"]
+CMD ["capture-worker", "run"]

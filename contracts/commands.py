@@ -25,12 +25,35 @@ MAX_READING_DEPTH = 1.5
 #: (the JSON parser's limit). A deeper document is `invalid`, whatever its fields.
 MAX_NESTING_DEPTH = 200
 
-# The same characters as str.isspace (both use Py_UNICODE_ISSPACE), in one C-level scan.
-_WHITESPACE = re.compile(r"\s")
+# Characters a url must not contain: C0 and C1 controls, DEL, and every character str.isspace
+# calls whitespace. The database checks the very same set (migration 0004), spelled out rather
+# than a locale's [[:space:][:cntrl:]], so both sides give one verdict.
+URL_FORBIDDEN = "\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_FORBIDDEN = re.compile(f"[{URL_FORBIDDEN}]")
 # URLs the full check below would accept, recognised in one C-level match: scheme, a plain
-# ASCII host (never empty), an optional port, then anything without whitespace. urlsplit and
-# its hostname parsing were half of a valid command's validation time.
-_PLAIN_HTTP_URL = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?#]\S*)?")
+# ASCII host (never empty), an optional port, then anything without a forbidden character.
+# urlsplit and its hostname parsing were half of a valid command's validation time.
+_PLAIN_HTTP_URL = re.compile(
+    f"[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?#][^{URL_FORBIDDEN}]*)?"
+)
+# The spellings of a UUID PostgreSQL's uuid type reads (and so the database's checks):
+# any case, a hyphen after any group of four hex digits, optionally in braces. Not "urn:uuid:".
+_UUID_TEXT = re.compile(
+    r"(?:[0-9A-Fa-f]{4}(?:-?[0-9A-Fa-f]{4}){7}|\{[0-9A-Fa-f]{4}(?:-?[0-9A-Fa-f]{4}){7}\})"
+)
+# float32 (pgvector's element type): a number of at least this magnitude rounds to infinity,
+# one of at most FLOAT32_ZERO rounds to zero.
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+FLOAT32_ZERO = 2.0**-150
+
+
+def parse_uuid(value: object) -> UUID:
+    """A UUID from any spelling PostgreSQL accepts; ValueError otherwise."""
+    if isinstance(value, UUID):
+        return value
+    if not isinstance(value, str) or not _UUID_TEXT.fullmatch(value):
+        raise ValueError("must be a UUID: 32 hex digits, hyphens and braces optional")
+    return UUID(hex=value.strip("{}").replace("-", ""))
 
 
 def url_problem(value: str) -> str | None:
@@ -41,10 +64,10 @@ def url_problem(value: str) -> str | None:
         return f"not a URL: {exc}"
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http(s) URL"
+    if _FORBIDDEN.search(value):
+        return "must not contain whitespace or control characters"
     if not parts.hostname:
         return "must have a host"
-    if _WHITESPACE.search(value):
-        return "must not contain whitespace"
     return None
 
 
@@ -111,6 +134,11 @@ class CaptureArtifactCommand(BaseModel):
         json_schema_extra={"const": SCHEMA_VERSION},
     )
 
+    @field_validator("command_id", "user_id", mode="before")
+    @classmethod
+    def _uuid_text(cls, value: object) -> UUID:
+        return parse_uuid(value)
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -128,11 +156,24 @@ class CaptureArtifactCommand(BaseModel):
         dim = int(context.get("embedding_dim", DEFAULT_EMBEDDING_DIM))
         if len(value) != dim:
             raise ValueError(f"must have exactly {dim} numbers, got {len(value)}")
-        if not any(value):
-            raise ValueError("must not be all zero")
-        # Finiteness needs no check here: `allow_inf_nan=False` already refuses NaN, Infinity
-        # and overflowing numbers (1e999) item by item, before this validator runs. A second
-        # pass in Python cost half of the whole validation of a 384-number command.
+        # NaN, Infinity and 1e999 were refused item by item (`allow_inf_nan=False`). What is
+        # left is float32's range, as the database stores the numbers: max and min are two
+        # C-level passes (a Python loop cost half of a 384-number command's validation).
+        high, low = max(value), min(value)
+        if high >= FLOAT32_OVERFLOW or low <= -FLOAT32_OVERFLOW:
+            raise ValueError("numbers must fit in float32 (magnitude below 3.4028235e38)")
+        if high <= FLOAT32_ZERO and low >= -FLOAT32_ZERO:
+            raise ValueError("must not be all zero (as float32)")
+        return value
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version_number(cls, value: object) -> object:
+        # A JSON number equal to 1 is 1 (1.0, 1e0), as for the database; null is not absent.
+        if value is None:
+            raise ValueError("unsupported schema_version null; this worker reads 1")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
 
     @field_validator("schema_version")

@@ -668,7 +668,7 @@ def _ratio(a: float, b: float) -> float:
 async def _resources(settings: Settings) -> AsyncIterator[Resources]:
     resources = Resources(
         settings=settings,
-        admin_dsn=settings.database_url.get_secret_value(),
+        admin_dsn=settings.admin_url(),
         run_id=uuid.uuid4().hex[:10],
     )
     try:
@@ -787,6 +787,9 @@ async def run_bench(
             worker = WorkerProcess(
                 env={
                     "DATABASE_URL": e2e_urls[r],
+                    # The bench's databases are its own, made and dropped as the admin; the
+                    # worker's rights do not change what is measured.
+                    "CAPTURE_ALLOW_SUPERUSER": "1",
                     "CAPTURE_COMMANDS_TOPIC": commands_topic,
                     "CAPTURE_RESULTS_TOPIC": results,
                     "CAPTURE_DLQ_TOPIC": dlq,

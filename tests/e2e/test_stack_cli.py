@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from devkit.stack.process import pid_alive, port_open
@@ -55,7 +58,8 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("CAPTURE_STACK_", "KAFKA_", "PG")) and k != "DATABASE_URL"
+        if not k.startswith(("CAPTURE_STACK_", "KAFKA_", "PG"))
+        and k not in ("DATABASE_URL", "CAPTURE_ADMIN_DATABASE_URL")
     }
     env |= {
         "CAPTURE_STATE_DIR": str(state),  # CAPTURE_CACHE_DIR stays: the jars are shared
@@ -67,6 +71,20 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         yield env
     finally:
         cli(env, "down", "--purge", timeout=120)
+
+
+async def login_role(url: str) -> tuple[str, bool, bool]:
+    """Who the URL logs in as: name, superuser?, member of capture_worker?"""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT current_user AS name, rolsuper, pg_has_role('capture_worker', 'MEMBER') AS m"
+            " FROM pg_roles WHERE rolname = current_user"
+        )
+        assert row is not None
+        return str(row["name"]), bool(row["rolsuper"]), bool(row["m"])
+    finally:
+        await conn.close()
 
 
 def status(env: dict[str, str]) -> dict[str, Any]:
@@ -103,7 +121,15 @@ def test_up_is_idempotent_status_env_restart_and_down_leaves_nothing(
 
     exports = ok(cli(env, "env"))
     assert f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{kafka_port}" in exports
-    assert f"export DATABASE_URL=postgresql://postgres@127.0.0.1:{pg_port}/capture" in exports
+    admin_url = f"postgresql://postgres@127.0.0.1:{pg_port}/capture"
+    assert f"export CAPTURE_ADMIN_DATABASE_URL={admin_url}" in exports
+    # The worker gets the least-privilege login, its password kept in the state dir (0600).
+    password_file = Path(env["CAPTURE_STATE_DIR"]) / "postgres" / "worker-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    login_url = f"postgresql://capture_app:{password}@127.0.0.1:{pg_port}/capture"
+    assert f"export DATABASE_URL={login_url}" in exports
+    assert asyncio.run(login_role(login_url)) == ("capture_app", False, True)
 
     ok(cli(env, "restart", "kafka"))
     after = status(env)

@@ -17,6 +17,7 @@ from contracts import headers as H
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import Record, produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
+from tests.support.worker_process import WorkerProcess
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
 
@@ -59,8 +60,10 @@ async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     results = await wait_for_count(
         kafka_bootstrap, worker_setup.results, expected_results, timeout_s=120
     )
-    dlq = await wait_for_count(kafka_bootstrap, worker_setup.dlq, len(stream.poison), timeout_s=30)
-    await asyncio.sleep(1.0)  # anything extra would show up now
+    dlq = await wait_for_count(kafka_bootstrap, worker_setup.dlq, len(stream.poison), timeout_s=60)
+    # Every record handled (its result or dead letter acknowledged): anything extra was
+    # published by now. A condition, not a one-second window.
+    await wait_for_metric(worker, "capture_messages_total", len(records))
     results = await read_all(kafka_bootstrap, worker_setup.results)
     dlq = await read_all(kafka_bootstrap, worker_setup.dlq)
 
@@ -143,6 +146,15 @@ async def test_sigterm_mid_stream_then_restart_loses_and_doubles_nothing(
     assert second.terminate() == 0
 
 
+async def wait_for_metric(
+    worker: WorkerProcess, name: str, at_least: float, timeout_s: float = 120.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (value := worker.metric(name)) < at_least:
+        assert time.monotonic() < deadline, f"{name} = {value} < {at_least} after {timeout_s}s"
+        await asyncio.sleep(0.2)
+
+
 def stack(*args: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "worker.interfaces.cli.main", "stack", *args],
@@ -165,18 +177,19 @@ async def test_postgres_outage_is_retried_not_dead_lettered(
     await wait_for_count(kafka_bootstrap, worker_setup.results, half, timeout_s=60)
 
     stack("stop", "postgres")
-    stopped_at = time.monotonic()
+    deadline = time.monotonic() + 90
     try:
         await produce(kafka_bootstrap, worker_setup.commands, records[half:])
+        # Down until the worker has said so and retried (conditions, with a generous deadline).
         not_ready_seen = False
-        while time.monotonic() - stopped_at < 10:
+        while not (not_ready_seen and worker.metric("capture_retries_total") > 0):
+            assert time.monotonic() < deadline, "/readyz never reported the outage, or no retry"
             report = worker.readiness()
             if report and not report["ready"]:
                 deps = report["dependencies"]
                 assert isinstance(deps, dict) and deps["postgresql"]["up"] is False
                 not_ready_seen = True
             await asyncio.sleep(0.5)
-        assert not_ready_seen, "/readyz never reported the outage"
         assert worker.proc is not None and worker.proc.poll() is None, (
             "worker died during the outage"
         )

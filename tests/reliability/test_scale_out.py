@@ -16,7 +16,7 @@ import pytest
 
 from devkit.worker_process import WorkerProcess
 from tests.fixtures.workers import WorkerSetup
-from tests.support.kafka_io import feed
+from tests.support.kafka_io import feed, stable_members
 from tests.support.scenario import (
     Scenario,
     add_stream_with_poison,
@@ -49,29 +49,38 @@ async def test_two_then_three_workers_then_one_killed(
     # 24 users: every one of the 6 partitions carries traffic, so every member gets work.
     add_stream_with_poison(sent, make_stream(3000, users=24, seed=SEED).valid, rng)
 
+    # Two parts: the first paced so that records are in flight when the third worker joins,
+    # the second fed after the kill. Conditions, not a schedule, move from one step to the
+    # next, so a slow machine only makes the run longer (a 25 s paced feed once had to outlast
+    # both rebalances, and on a loaded machine it did not).
+    half = len(sent.items) // 2
     workers = [worker_setup.start(), worker_setup.start()]
     await asyncio.gather(*(ready(w) for w in workers))
-    # Paced over ~25 s: the stream outlasts the join, the kill and the takeover.
-    feeder = asyncio.create_task(feed(topics, sent.items, chunk=100, pause_s=0.8))
+    feeders = [asyncio.create_task(feed(topics, sent.items[:half], chunk=100, pause_s=0.8))]
 
     async def all_busy() -> bool:
         return all(processed(w) > 0 for w in workers)
 
-    await wait_until(all_busy, timeout_s=60, what="both workers processing", workers=(*workers,))
+    async def three_members() -> bool:
+        return await stable_members(topics) == 3
+
+    await wait_until(all_busy, timeout_s=120, what="both workers processing", workers=(*workers,))
     workers.append(worker_setup.start())
     await wait_until(
-        all_busy, timeout_s=60, what="third worker got partitions", workers=(*workers,)
+        three_members, timeout_s=120, what="the group rebalanced to 3", workers=(*workers,)
     )
+    await feeders[0]
 
     victim = rng.choice(workers)
     survivors = tuple(w for w in workers if w is not victim)
     before = sum(processed(w) for w in survivors)
-    assert not feeder.done(), "the stream ended before the kill: pace the feeder slower"
     assert_alive(victim)
     victim.kill()
     faults = 1
+    # The rest of the stream arrives while the group hands the victim's partitions over.
+    feeders.append(asyncio.create_task(feed(topics, sent.items[half:], chunk=100, pause_s=0.3)))
 
-    assert await feeder == len(sent.items)
+    assert sum([await f for f in feeders]) == len(sent.items)
     await wait_done(topics, sent, worker_setup.database_url, workers=survivors)
     # The survivors did the rest, including the victim's partitions (else nothing would finish).
     assert sum(processed(w) for w in survivors) > before

@@ -1,4 +1,4 @@
-"""Scenario 5: one user's rows are locked for 10 s while everyone else keeps capturing.
+"""Scenario 5: one user's rows are locked (at least 10 s) while everyone else keeps capturing.
 
 `ingest_batch` serialises per user with `pg_advisory_xact_lock(uuid_hash_extended(user_id, 0))`
 (sql/migrations/0002_functions.sql). The test takes that same lock in an open transaction, as a
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.reliability
 
 SEED = 5510
 LOCK_S = 10.0
+OTHERS_TIMEOUT_S = 180.0  # a generous deadline, not a window: the condition ends the wait
 USER_LOCK = "SELECT pg_advisory_xact_lock(uuid_hash_extended($1::uuid, 0))"
 
 
@@ -78,11 +79,14 @@ async def test_one_user_locked_for_10_s_others_flow(
             done = await applied_per_user(worker_setup.database_url)
             return all(done[u] >= n for u, n in free.items())
 
-        # Everyone on the other partitions finishes while the lock is still held.
+        # Everyone on the other partitions finishes while the lock is still held: the lock is
+        # held until they have (a loaded machine may need longer than LOCK_S for ~1,700
+        # commands; what matters is that they do not wait for the locked user).
         await wait_until(
-            others_done, timeout_s=LOCK_S, what="users on other partitions", workers=(worker,)
-        )
-        # Hold the full time: the locked user's retries must keep waiting, not give up.
+            others_done, timeout_s=OTHERS_TIMEOUT_S, what="users on other partitions",
+            workers=(worker,),
+        )  # fmt: skip
+        # Hold at least LOCK_S: the locked user's retries must keep waiting, not give up.
         await asyncio.sleep(max(0.0, LOCK_S - (time.monotonic() - fed)))
         assert (await applied_per_user(worker_setup.database_url))[locked_user] == 0
         assert await count(topics, topics.dlq) == 0

@@ -141,3 +141,18 @@ async def uncommitted(topics: Topics) -> int:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def stable_members(topics: Topics) -> int:
+    """Members of the consumer group once it is Stable (a rebalance done), else 0."""
+    admin = AIOKafkaAdminClient(**topics.options())
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([topics.group])
+        for group in response.groups:
+            # (error_code, group_id, state, protocol_type, protocol, members[, authorized_ops])
+            if group[1] == topics.group and group[2] == "Stable":
+                return len(group[5])
+        return 0
+    finally:
+        await admin.close()

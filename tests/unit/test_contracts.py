@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from contracts import DEFAULT_EMBEDDING_DIM, CaptureArtifactCommand, CaptureResult
 from contracts import commands as commands_module
-from contracts.commands import url_problem
+from contracts.commands import FLOAT32_ZERO, url_problem
 from contracts.export_schemas import SCHEMA_DIR, rendered_schemas, stale_files
 
 
@@ -218,7 +218,10 @@ commands = st.fixed_dictionaries(
             hosts,
             paths,
         ),
-        "embedding": st.lists(finite, min_size=DIM, max_size=DIM).filter(any),
+        # not all zero once stored as float32 (what the database keeps)
+        "embedding": st.lists(finite, min_size=DIM, max_size=DIM).filter(
+            lambda v: any(abs(x) > FLOAT32_ZERO for x in v)
+        ),
         "reading_depth": st.floats(min_value=0.0, max_value=1.5),
         "occurred_at": aware_times.map(lambda t: t.isoformat()),
     },

@@ -131,3 +131,10 @@ def test_connection_errors_are_recognised() -> None:
     assert is_connection_error(OSError())
     assert not is_connection_error(pg_error("40P01"))
     assert not is_connection_error(pg_error("22023"))
+
+
+def test_cw412_wrong_isolation_is_a_configuration_error_retried_never_dead_lettered() -> None:
+    error = classify(pg_error("CW412", "capture.ingest_batch must run in READ COMMITTED"))
+    assert isinstance(error, TransientError) and not isinstance(error, PermanentError)
+    assert "configuration error" in error.reason and "READ COMMITTED" in error.reason
+    assert error.sqlstate == "CW412"

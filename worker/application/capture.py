@@ -19,7 +19,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand, CaptureResult, ErrorInfo, ErrorKind, ResultStatus
-from contracts.commands import MAX_NESTING_DEPTH
+from contracts.commands import MAX_NESTING_DEPTH, parse_uuid
 from worker.application.ports import CaptureStore, Envelope, IngestCommand, ResultObject
 from worker.core import tracing
 from worker.core.logging import get_logger
@@ -84,10 +84,9 @@ def decode_command(envelope: Envelope, limits: Limits) -> CaptureArtifactCommand
     except ValidationError as exc:
         kind, message = _describe(exc)
         raise PermanentError(kind, message) from exc
-    if envelope.key is not None and envelope.key != str(command.user_id).encode():
-        # Ordering per user rests on the key; a mismatch would let this user's
-        # commands race on another partition.
-        raise PermanentError(ErrorKind.INVALID, "user_id: does not match the record key")
+    key_problem = record_key_problem(envelope.key, command.user_id)
+    if key_problem is not None:
+        raise PermanentError(ErrorKind.INVALID, key_problem)
     return command
 
 
@@ -151,6 +150,23 @@ def _top_level_strings(value: bytes, keys: frozenset[bytes]) -> dict[bytes, str]
 
 
 _ID_KEYS = frozenset({b"command_id", b"user_id"})
+
+
+def record_key_problem(key: bytes | None, user_id: UUID) -> str | None:
+    """Why the record's key is not `user_id` (as a UUID: case and braces do not matter).
+
+    Ordering per user rests on the key: another key, or none (a null key is partitioned
+    without the user), would let this user's commands race on another partition.
+    """
+    if key is None:
+        return "user_id: the record has no key; it must be the user_id"
+    if key == str(user_id).encode():  # the usual spelling: no parsing
+        return None
+    try:
+        same = parse_uuid(key.decode("ascii")) == user_id
+    except (UnicodeDecodeError, ValueError):
+        same = False
+    return None if same else "user_id: does not match the record key"
 
 
 def readable_ids(value: bytes | None) -> tuple[UUID | None, UUID | None]:

@@ -9,7 +9,10 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/capture"
+# The worker's login (created by `capture-worker stack up`, member of role capture_worker) and
+# the owner that migrates; the local stack trusts loopback, so neither needs a password there.
+DEFAULT_DATABASE_URL = "postgresql://capture_app@127.0.0.1:15432/capture"
+DEFAULT_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/capture"
 
 
 def _env(name: str) -> AliasChoices:
@@ -28,6 +31,18 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr = Field(
         SecretStr(DEFAULT_DATABASE_URL), validation_alias=_env("DATABASE_URL")
+    )
+    admin_database_url: SecretStr | None = Field(
+        None,
+        validation_alias=_env("CAPTURE_ADMIN_DATABASE_URL"),
+        description="An owner of schema capture, for `migrate`, `db create-login` and "
+        "`replay --reset/--rebuild-index`. Default: DATABASE_URL when that is set, else the "
+        "local stack's superuser.",
+    )
+    allow_superuser: bool = Field(
+        False,
+        validation_alias=_env("CAPTURE_ALLOW_SUPERUSER"),
+        description="Let the worker run as a superuser (it refuses by default).",
     )
     commands_topic: str = Field("capture.commands", validation_alias=_env("CAPTURE_COMMANDS_TOPIC"))
     results_topic: str = Field("capture.results", validation_alias=_env("CAPTURE_RESULTS_TOPIC"))
@@ -124,6 +139,21 @@ class Settings(BaseSettings):
         None, validation_alias=_env("KAFKA_SASL_PASSWORD")
     )
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
+    kafka_retry_backoff_ms: int = Field(
+        500,
+        ge=10,
+        validation_alias=_env("CAPTURE_KAFKA_RETRY_BACKOFF_MS"),
+        description="Wait before aiokafka retries a failed request or reconnects (its default "
+        "is 100 ms: with the broker down, a reconnect storm and ~300 log lines a second).",
+    )
+
+    def admin_url(self) -> str:
+        """The URL for schema changes and admin functions (see admin_database_url)."""
+        if self.admin_database_url is not None:
+            return self.admin_database_url.get_secret_value()
+        if "database_url" in self.model_fields_set:
+            return self.database_url.get_secret_value()
+        return DEFAULT_ADMIN_DATABASE_URL
 
     @property
     def record_room_bytes(self) -> int:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
 _debug = False
 
-_SECRET_KEYS = frozenset({"password", "sasl_password", "database_url", "dsn", "embedding"})
+_SECRET_KEYS = frozenset(
+    {"password", "sasl_password", "database_url", "admin_database_url", "dsn", "embedding"}
+)
 
 
 def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -30,6 +34,51 @@ class _Stderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+# With the broker down aiokafka logs about 300 ERROR lines a second (measured: "Unable connect
+# to node", "Unable to update metadata", failed fetches and coordinator requests), which buried
+# everything else. Library warnings and errors are throttled per message template.
+REPEAT_INTERVAL_S = 10.0
+
+
+@dataclass
+class _Seen:
+    since: float
+    suppressed: int = 0
+
+
+class RepeatThrottle(logging.Filter):
+    """The first WARNING+ record of a kind (logger, level, message template) passes; the same
+    kind again within `interval_s` is counted, not logged; the first one after the interval
+    passes with "(N similar suppressed in the last Ns)" appended. Lower levels always pass."""
+
+    def __init__(
+        self, interval_s: float = REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], _Seen] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen.since < self.interval_s:
+            seen.suppressed += 1
+            return False
+        if len(self._seen) > 1000:  # templates are few; this only bounds a pathological case
+            self._seen.clear()
+        self._seen[key] = _Seen(since=now)
+        if seen is not None and seen.suppressed:
+            record.msg = (
+                f"{record.msg} ({seen.suppressed} similar suppressed in the last "
+                f"{now - seen.since:.0f}s)"
+            )
+        return True
 
 
 def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: str = "INFO") -> None:
@@ -67,6 +116,7 @@ def configure_logging(fmt: Literal["auto", "json", "pretty"] = "auto", level: st
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared)
     )
+    handler.addFilter(RepeatThrottle())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING) if numeric < logging.WARNING else numeric)

@@ -93,7 +93,12 @@ async def create_pool(
     `lock_timeout_ms` bounds each wait for a lock (the per-user advisory lock, row locks):
     past it the statement fails with SQLSTATE 55P03, a TransientError, and is retried later.
     """
-    server_settings = {"application_name": application_name}
+    # The ingest functions require READ COMMITTED (SQLSTATE CW412 otherwise): a role or database
+    # default of another level must not break the worker.
+    server_settings = {
+        "application_name": application_name,
+        "default_transaction_isolation": "read committed",
+    }
     if lock_timeout_ms is not None:
         server_settings["lock_timeout"] = f"{lock_timeout_ms}ms"
     with translate_db_errors("connect"):

@@ -4,14 +4,16 @@
     SQLSTATE class 23 (integrity violation) -> PermanentError(CONSTRAINT)
     CW409 (raised by ingest_with_signal)    -> PermanentError(CONFLICT)    id reused, new payload
     55P03, class 40 (lost a race for rows)  -> TransientError(contention=True)
+    CW412 (ingest outside READ COMMITTED)   -> TransientError              misconfigured session
     anything else, connection/OS/timeouts   -> TransientError              retry, never skip
 
 `ingest_batch` reports a refused command inside its result array (`batch_element`), with
 the SQLSTATE it caught; the same table applies.
 
 Only the first three may dead-letter a message. Everything else is retried, including errors
-that look like a misconfiguration (a missing migration, a missing privilege): skipping a
-command because the deployment is broken would lose it, retrying waits for the fix.
+that are a misconfiguration (CW412, a missing migration, a missing privilege): the command is
+not at fault, skipping it because the deployment is broken would lose it, and retrying waits
+for the fix (CAPTURE_RETRY_MAX_ATTEMPTS bounds the wait with exit code 3).
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from worker.domain.errors import CaptureError, PermanentError, TransientError
 CONFLICT_SQLSTATE = "CW409"
 # The kinds ingest_batch names in a refused element's error object.
 _ELEMENT_KINDS = {"constraint": ErrorKind.CONSTRAINT, "conflict": ErrorKind.CONFLICT}
+ISOLATION_SQLSTATE = "CW412"
 
 _TRANSIENT_REASONS: dict[str, str] = {
+    ISOLATION_SQLSTATE: "configuration error: the ingest functions need READ COMMITTED"
+    " (check default_transaction_isolation of the role and database)",
     "40001": "serialization failure",
     "40P01": "deadlock detected",
     "55P03": "lock not available",

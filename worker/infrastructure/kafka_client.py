@@ -40,6 +40,8 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,
+        # aiokafka's 100 ms retried a lost broker about 10 times a second per client and loop.
+        "retry_backoff_ms": settings.kafka_retry_backoff_ms,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.core import metrics
 from worker.core.logging import get_logger
+from worker.domain.errors import ConfigurationError
 
 log = get_logger(__name__)
 
@@ -119,7 +120,15 @@ def make_handler(
 
 
 async def start_http(health: Health, host: str, port: int) -> asyncio.Server:
-    server = await asyncio.start_server(make_handler(health), host, port)
+    """Listen on host:port (0: a free port, logged); ConfigurationError when it cannot."""
+    try:
+        server = await asyncio.start_server(make_handler(health), host, port)
+    except OSError as exc:  # taken, not ours to bind, no such address: one line, not a traceback
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port} for /healthz, /readyz and /metrics: "
+            f"{exc.strerror or exc}; set CAPTURE_HTTP_PORT to a free port "
+            "(0 picks one and logs it) or CAPTURE_HTTP_HOST"
+        ) from exc
     bound = server.sockets[0].getsockname()
     log.info("http listening", host=bound[0], port=bound[1])
     return server

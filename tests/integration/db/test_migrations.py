@@ -75,8 +75,9 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
     message = str(caught.value)
     assert "0002_functions.sql was edited after it was applied" in message
     assert "add a new migration instead" in message
-    status = await migration_status(empty_db, directory=folder)
-    assert [s.checksum_ok for s in status] == [s.name != "0002_functions.sql" for s in status]
+    assert [
+        s.name for s in await migration_status(empty_db, directory=folder) if not s.checksum_ok
+    ] == ["0002_functions.sql"]
 
     # A new file is the way to change things.
     (folder / "0002_functions.sql").write_text(
@@ -95,15 +96,17 @@ async def test_another_dimension_is_refused(empty_db: str) -> None:
 async def test_a_failing_migration_leaves_nothing_behind(empty_db: str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(str(packaged_migrations()), folder)
-    (folder / "0004_broken.sql").write_text(
+    (folder / "0999_broken.sql").write_text(
         "CREATE TABLE capture.half_done (x int);\nSELECT 1/0;\n"
     )
-    with pytest.raises(ConfigurationError, match=r"0004_broken\.sql failed"):
+    with pytest.raises(ConfigurationError, match=r"0999_broken\.sql failed"):
         await apply_migrations(empty_db, directory=folder)
     conn = await asyncpg.connect(empty_db)
     try:
         assert await conn.fetchval("SELECT to_regclass('capture.half_done')") is None
-        assert await conn.fetchval("SELECT count(*) FROM capture.schema_migrations") == 3
+        assert await conn.fetchval("SELECT count(*) FROM capture.schema_migrations") == len(
+            load_migrations()
+        )
     finally:
         await conn.close()
 

@@ -1,7 +1,8 @@
 """Database commands: `migrate`, `digest`, `show`, and `db create-login`.
 
-The database URL comes from --database-url or the settings (DATABASE_URL); it holds a
-password, so it is never printed.
+The database URL comes from --database-url or the settings: DATABASE_URL (the worker's login)
+for `digest` and `show`, CAPTURE_ADMIN_DATABASE_URL (an owner) for `migrate` and
+`db create-login`. It holds a password, so it is never printed.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, NoReturn, TypeVar
 from uuid import UUID
 
-import asyncpg
 import typer
 from rich.table import Table
 
 from worker.core.config import get_settings
 from worker.domain.errors import CaptureError
 from worker.infrastructure.db import create_pool
-from worker.infrastructure.db_errors import translate_db_errors
 from worker.infrastructure.migrations import (
     MigrationStatus,
     apply_migrations,
@@ -29,11 +28,10 @@ from worker.infrastructure.migrations import (
     migration_status,
 )
 from worker.infrastructure.repository import ArtifactRepository
+from worker.infrastructure.roles import WORKER_ROLE, create_login, ensure_login
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 
 T = TypeVar("T")
-
-WORKER_ROLE = "capture_worker"
 
 DatabaseUrl = Annotated[
     str | None,
@@ -43,11 +41,25 @@ DatabaseUrl = Annotated[
         show_default=False,
     ),
 ]
+AdminUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL URL of an owner (default: CAPTURE_ADMIN_DATABASE_URL, else DATABASE_URL"
+        " when set, else the local stack's superuser).",
+        show_default=False,
+    ),
+]
 Format = Annotated[OutputFormat, typer.Option("--format", help="pretty or json.")]
 
 
 def _url(explicit: str | None) -> str:
     return explicit or get_settings().database_url.get_secret_value()
+
+
+def _admin_url(explicit: str | None) -> str:
+    """Schema changes and roles need an owner: CAPTURE_ADMIN_DATABASE_URL (see Settings)."""
+    return explicit or get_settings().admin_url()
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -69,23 +81,6 @@ async def _with_repo(url: str, action: Callable[[ArtifactRepository], Awaitable[
         return await action(ArtifactRepository(pool))
     finally:
         await pool.close()
-
-
-async def create_login(dsn: str, name: str, password: str) -> None:
-    """CREATE ROLE name LOGIN PASSWORD ... IN ROLE capture_worker (quoted by the server)."""
-    with translate_db_errors("create-login"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            statement = await conn.fetchval(
-                "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I',"
-                " $1::text, $2::text, $3::text)",
-                name,
-                password,
-                WORKER_ROLE,
-            )
-            await conn.execute(statement)
-        finally:
-            await conn.close()
 
 
 def _print_artifacts(artifacts: list[dict[str, Any]], output: OutputFormat, title: str) -> None:
@@ -128,7 +123,7 @@ def _print_status(statuses: list[MigrationStatus], output: OutputFormat) -> None
 def register(app: typer.Typer) -> None:
     @app.command("migrate")
     def migrate(
-        database_url: DatabaseUrl = None,
+        database_url: AdminUrl = None,
         dim: Annotated[
             int | None,
             typer.Option(help="Embedding dimension (default CAPTURE_EMBEDDING_DIM).", min=1),
@@ -140,11 +135,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Apply the pending sql/migrations; an edited, applied migration is refused."""
         if status:
-            _print_status(_run(migration_status(_url(database_url))), output)
+            _print_status(_run(migration_status(_admin_url(database_url))), output)
             return
         embedding_dim = dim or get_settings().embedding_dim
         names = [m.name for m in load_migrations()]
-        applied = _run(apply_migrations(_url(database_url), embedding_dim=embedding_dim))
+        applied = _run(apply_migrations(_admin_url(database_url), embedding_dim=embedding_dim))
         before = [n for n in names if n not in applied]
         if output is OutputFormat.JSON:
             emit_json(
@@ -196,9 +191,19 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Read the password from this environment variable (else prompt)."),
         ] = None,
-        database_url: DatabaseUrl = None,
+        database_url: AdminUrl = None,
+        exists_ok: Annotated[
+            bool,
+            typer.Option(
+                "--exists-ok", help="An existing login keeps its membership, gets this password."
+            ),
+        ] = False,
     ) -> None:
-        """Create a LOGIN role that is a member of capture_worker (EXECUTE on the functions)."""
+        """Create a LOGIN role that is a member of capture_worker (EXECUTE on the functions).
+
+        Example: APP_DB_PASSWORD=... capture-worker db create-login capture_app
+        --password-env APP_DB_PASSWORD --database-url postgresql://owner@db/app
+        """
         if password_env:
             password = os.environ.get(password_env, "")
             if not password:
@@ -209,7 +214,8 @@ def register(app: typer.Typer) -> None:
                 _fail("the passwords differ", 2)
         if not password:
             _fail("an empty password is not allowed", 2)
-        _run(create_login(_url(database_url), name, password))
+        make = ensure_login if exists_ok else create_login
+        _run(make(_admin_url(database_url), name, password))
         console.print(f"[green]created[/] login {name} in role {WORKER_ROLE}")
 
     app.add_typer(db_app, name="db")

@@ -253,6 +253,11 @@ async def _process_fully(processor: BatchProcessor, records: list[Envelope]) -> 
         ]
 
 
+def target_url(settings: Settings, *, reset: bool) -> str:
+    """--reset empties the state with an admin function, which the worker's login may not call."""
+    return settings.admin_url() if reset else settings.database_url.get_secret_value()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay_command(
@@ -297,7 +302,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 envvar="REPLAY_DATABASE_URL",
-                help="Target database (default DATABASE_URL).",
+                help="Target database (default DATABASE_URL; with --reset or --rebuild-index"
+                " CAPTURE_ADMIN_DATABASE_URL, whose owner may empty it).",
                 show_default=False,
             ),
         ] = None,
@@ -368,7 +374,7 @@ def register(app: typer.Typer) -> None:
             summary = asyncio.run(
                 replay(
                     settings,
-                    database_url=database_url or live_url,
+                    database_url=database_url or target_url(settings, reset=reset),
                     topic=source,
                     since=since,
                     reset=reset,

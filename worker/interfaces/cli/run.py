@@ -11,6 +11,7 @@ import typer
 from worker.core import tracing
 from worker.core.config import Settings, get_settings
 from worker.core.logging import configure_logging, get_logger
+from worker.domain.errors import ConfigurationError
 from worker.interfaces.http import start_http
 from worker.interfaces.kafka.app import StartupAborted, build_worker
 
@@ -45,11 +46,18 @@ async def _run(settings: Settings) -> int:
     # out of the cyclic GC's reach, and a full collection walks only what the work allocates.
     gc.collect()
     gc.freeze()
-    server = await start_http(worker.health, settings.http_host, settings.http_port)
+    try:
+        server = await start_http(worker.health, settings.http_host, settings.http_port)
+    except ConfigurationError as exc:
+        log.error("worker cannot start", reason=str(exc))
+        return 2
     try:
         await worker.app.run()
     except StartupAborted as exc:  # SIGTERM/SIGINT before start-up completed: a clean stop
         log.info("worker stopped before start-up completed", reason=str(exc))
+    except ConfigurationError as exc:  # retrying cannot fix it: one clear line, exit 2
+        log.error("worker cannot start", reason=str(exc))
+        return 2
     finally:
         server.close()
         await server.wait_closed()

@@ -40,11 +40,12 @@ from worker.application.retry import Backoff
 from worker.core.config import Settings
 from worker.core.config_cache import SystemConfigCache
 from worker.core.logging import get_logger
-from worker.domain.errors import CaptureError
+from worker.domain.errors import CaptureError, ConfigurationError
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.kafka_client import connection_options, producer_options
 from worker.infrastructure.repository import ArtifactRepository
 from worker.infrastructure.result_publisher import OutcomePublisher
+from worker.infrastructure.roles import refuse_superuser
 from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.http import Health
 from worker.interfaces.kafka.consumer import OffsetCommitter, PartitionHold, PartitionLanes
@@ -65,6 +66,12 @@ async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[],
         max_size=settings.db_pool_size,
         lock_timeout_ms=settings.db_lock_timeout_ms,
     )
+    try:
+        async with pool.acquire() as conn:
+            await refuse_superuser(conn, allowed=settings.allow_superuser)
+    except BaseException:
+        await pool.close()
+        raise
     return ArtifactRepository(pool), pool.close
 
 
@@ -147,6 +154,8 @@ async def _retry(
             raise StartupAborted(f"stopped while connecting to {what}")
         try:
             result = attempt_task.result()
+        except ConfigurationError:  # waiting cannot fix it: say so and stop
+            raise
         except Exception as exc:  # any failure: wait and try again
             attempt += 1
             delay = backoff.delay(attempt)
@@ -212,7 +221,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     async def lifespan() -> AsyncIterator[None]:
         try:
             store, producer, admin = await connect()
-        except StartupAborted:
+        except (StartupAborted, ConfigurationError):
             for close in reversed(worker._closers):  # what did connect, in reverse order
                 with contextlib.suppress(Exception):
                     await close()
