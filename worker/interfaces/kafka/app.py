@@ -64,6 +64,7 @@ async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[],
         settings.database_url.get_secret_value(),
         max_size=settings.db_pool_size,
         lock_timeout_ms=settings.db_lock_timeout_ms,
+        transaction_pooler=settings.db_pooler == "transaction",
     )
     return ArtifactRepository(pool), pool.close
 
