@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
 
     @property
+    def kafka_bootstrap_list(self) -> list[str]:
+        """`host:port` entries of KAFKA_BOOTSTRAP_SERVERS (comma-separated): FastStream takes a
+        string as one single server, so a cluster's list must be split."""
+        return [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+
+    @property
     def record_room_bytes(self) -> int:
         """Room for the largest record the worker must still read and dead-letter.
 

@@ -262,7 +262,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
                     log.warning("error while closing", error=repr(exc))
 
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        settings.kafka_bootstrap_list,
         security=broker_security(settings),
         graceful_timeout=settings.shutdown_timeout_s,
         client_id="capture-worker",
