@@ -12,7 +12,11 @@ BENCH_ARGS ?= --rounds 3
 PG16_PORT ?= 15433
 PG16_STATE ?= $(or $(CAPTURE_STATE_DIR),$(HOME)/.local/state/capture-worker)-pg16
 
-.PHONY: install up demo test test-pg16 lint down status reliability bench schemas docs clean
+# The randomized fault soak: `make soak MINUTES=10 [SEED=n]` (not part of `make test`).
+MINUTES ?= 10
+SEED ?=
+
+.PHONY: install up demo test test-pg16 soak lint down status reliability bench schemas docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +40,10 @@ test-pg16: install
 	status=0; DATABASE_URL=postgresql://postgres@127.0.0.1:$(PG16_PORT)/capture \
 	  CAPTURE_TEST_DB_LAYOUT=supabase $(BIN)/python -m pytest tests/integration/db || status=$$?; \
 	  $(CW) stack stop postgres --state-dir $(PG16_STATE) >/dev/null; exit $$status
+
+soak: up
+	eval "$$($(CW) stack env)" && CAPTURE_SOAK_MINUTES=$(MINUTES) CAPTURE_SOAK_SEED=$(SEED) \
+	  $(BIN)/python -m pytest tests/reliability/soak -p no:randomly -s $(PYTEST_ARGS)
 
 reliability: up
 	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m reliability -p no:randomly $(PYTEST_ARGS)

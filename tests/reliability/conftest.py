@@ -23,6 +23,9 @@ from devkit.poison import poison_payloads
 # The worker fixtures are the e2e ones: fresh database and topics, worker processes, and the
 # guard for tests that stop services. Imported, not copied, so both suites run the same set-up.
 from tests.e2e.conftest import WorkerSetup, native_stack, worker_setup  # noqa: F401
+
+# A three-node Kafka cluster of its own per module that asks for it (tests/reliability/cluster.py).
+from tests.reliability.cluster import kafka_cluster  # noqa: F401
 from tests.reliability.kafka_io import Topics, count, uncommitted
 from tests.reliability.tally import Sent, Summary, readable_command_id
 from tests.support.worker_process import WorkerProcess
