@@ -16,7 +16,7 @@ PG16_STATE ?= $(or $(CAPTURE_STATE_DIR),$(HOME)/.local/state/capture-worker)-pg1
 MINUTES ?= 10
 SEED ?=
 
-.PHONY: install up demo test test-pg16 soak lint down status reliability bench schemas docs clean
+.PHONY: install up demo test test-cluster test-pg16 soak lint down status reliability bench schemas docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ up: install
 demo: up
 	$(CW) demo
 
+# The three-node cluster scenarios (marker `cluster`, ~7 min with their own cluster) run in
+# `make test-cluster` and `make reliability`, and in .ci/run after `make test`.
 test: up lint
-	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
+	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: up
+	eval "$$($(CW) stack env)" && $(BIN)/python -m pytest -m cluster -p no:randomly $(PYTEST_ARGS)
 
 test-pg16: install
 	$(CW) stack start postgres --postgres 16 --postgres-port $(PG16_PORT) --state-dir $(PG16_STATE)
