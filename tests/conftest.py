@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.database",
     "tests.fixtures.workers",
+    "tests.fixtures.cluster",
 ]
 
 

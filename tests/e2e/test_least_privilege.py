@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.conftest import WorkerSetup
+from tests.fixtures.workers import WorkerSetup
 
 
 def test_a_superuser_database_url_is_refused_with_the_way_out(worker_setup: WorkerSetup) -> None:

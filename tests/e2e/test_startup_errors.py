@@ -6,8 +6,8 @@ import json
 import socket
 import time
 
-from tests.e2e.conftest import WorkerSetup
-from tests.support.worker_process import WorkerProcess
+from devkit.worker_process import WorkerProcess
+from tests.fixtures.workers import WorkerSetup
 
 
 def test_a_busy_health_port_is_one_line_naming_the_port_and_the_variable(

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from contracts import headers as H
+from devkit.worker_process import WorkerProcess
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import Record, produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
-from tests.support.worker_process import WorkerProcess
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
 

@@ -13,17 +13,17 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from tests.e2e.conftest import WorkerSetup
-from tests.reliability.conftest import (
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka_io import count, feed, uncommitted
+from tests.support.scenario import (
     Scenario,
     add_stream_with_poison,
     ready,
     topics_of,
     wait_done,
 )
-from tests.reliability.kafka_io import count, feed, uncommitted
-from tests.reliability.tally import Sent, tally
 from tests.support.streams import make_stream
+from tests.support.tally import Sent, tally
 
 pytestmark = pytest.mark.reliability
 

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         description="PostgreSQL lock_timeout of the worker's sessions; a user whose rows stay "
         "locked longer is retried later while other partitions go on. 0 waits forever.",
     )
+    db_pooler: Literal["none", "transaction"] = Field(
+        "none",
+        validation_alias=_env("CAPTURE_DB_POOLER"),
+        description="`transaction` when DATABASE_URL points at a pooler in transaction mode "
+        "(PgBouncer, Supavisor): no named prepared statements, and no lock_timeout startup "
+        "parameter (set it on the login role instead).",
+    )
     config_ttl_s: float = Field(30.0, gt=0, validation_alias=_env("CAPTURE_CONFIG_TTL_S"))
     shutdown_timeout_s: float = Field(
         30.0, gt=0, validation_alias=_env("CAPTURE_SHUTDOWN_TIMEOUT_S")
@@ -154,6 +161,12 @@ class Settings(BaseSettings):
         if "database_url" in self.model_fields_set:
             return self.database_url.get_secret_value()
         return DEFAULT_ADMIN_DATABASE_URL
+
+    @property
+    def kafka_bootstrap_list(self) -> list[str]:
+        """`host:port` entries of KAFKA_BOOTSTRAP_SERVERS (comma-separated): FastStream takes a
+        string as one single server, so a cluster's list must be split."""
+        return [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
 
     @property
     def record_room_bytes(self) -> int:

@@ -87,19 +87,28 @@ async def create_pool(
     max_inactive_connection_lifetime: float = 300.0,
     application_name: str = "capture-worker",
     lock_timeout_ms: int | None = None,
+    transaction_pooler: bool = False,
 ) -> asyncpg.Pool:
     """Open a pool; connection failures surface as TransientError.
 
     `lock_timeout_ms` bounds each wait for a lock (the per-user advisory lock, row locks):
     past it the statement fails with SQLSTATE 55P03, a TransientError, and is retried later.
+
+    `transaction_pooler`: the DSN is a pooler in transaction mode (PgBouncer, Supavisor), which
+    hands each transaction to any of its server connections. asyncpg's named prepared
+    statements, cached per client connection, would then meet a server session that never
+    prepared them ("prepared statement __asyncpg_stmt_1__ does not exist"), so the statement
+    cache is off and each call prepares an unnamed statement. Such a pooler also refuses
+    startup parameters it does not track (PgBouncer: "unsupported startup parameter:
+    lock_timeout"), so lock_timeout is not sent: set it on the login role instead.
     """
     # The ingest functions require READ COMMITTED (SQLSTATE CW412 otherwise): a role or database
-    # default of another level must not break the worker.
-    server_settings = {
-        "application_name": application_name,
-        "default_transaction_isolation": "read committed",
-    }
-    if lock_timeout_ms is not None:
+    # default of another level must not break the worker. A transaction pooler refuses startup
+    # parameters other than its few (give them to the login with ALTER ROLE instead).
+    server_settings = {"application_name": application_name}
+    if not transaction_pooler:
+        server_settings["default_transaction_isolation"] = "read committed"
+    if lock_timeout_ms is not None and not transaction_pooler:
         server_settings["lock_timeout"] = f"{lock_timeout_ms}ms"
     with translate_db_errors("connect"):
         pool = await asyncpg.create_pool(
@@ -111,6 +120,7 @@ async def create_pool(
             init=init_connection,
             reset=_keep_session,
             server_settings=server_settings,
+            statement_cache_size=0 if transaction_pooler else 100,
         )
     assert pool is not None  # asyncpg's stubs allow None only for the un-awaited form
     return pool

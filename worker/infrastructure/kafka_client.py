@@ -38,7 +38,7 @@ class KeyHashPartitioner:
 def connection_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "bootstrap_servers": settings.kafka_bootstrap_list,
         "security_protocol": settings.kafka_security_protocol,
         # aiokafka's 100 ms retried a lost broker about 10 times a second per client and loop.
         "retry_backoff_ms": settings.kafka_retry_backoff_ms,

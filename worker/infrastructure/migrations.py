@@ -38,6 +38,20 @@ CREATE TABLE IF NOT EXISTS capture.schema_migrations (
 );
 """
 
+# A database with an `extensions` schema (Supabase's layout) keeps pgvector there: installed
+# before 0001's plain CREATE EXTENSION, which would otherwise put it into public, the first
+# schema of the path. Without that schema, 0001 installs it into public as before.
+_VECTOR_HOME = """
+DO $$
+BEGIN
+    IF to_regnamespace('extensions') IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN
+        CREATE EXTENSION vector WITH SCHEMA extensions;
+    END IF;
+END
+$$;
+"""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Migration:
@@ -125,9 +139,10 @@ async def _apply_locked(
             continue
         try:
             async with conn.transaction():
-                # Where CREATE EXTENSION puts pgvector and where the DDL finds `vector`:
-                # public on plain PostgreSQL, extensions on Supabase.
+                # Where the DDL finds `vector`: public on plain PostgreSQL, extensions on
+                # Supabase. Where pgvector goes when missing: see _VECTOR_HOME.
                 await conn.execute("SET LOCAL search_path = public, extensions")
+                await conn.execute(_VECTOR_HOME)
                 await conn.execute(migration.render(embedding_dim))
                 await conn.execute(
                     "INSERT INTO capture.schema_migrations (version, name, checksum)"

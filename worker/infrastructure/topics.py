@@ -26,7 +26,8 @@ async def ensure_topics(
     """Create each missing topic; return the names created.
 
     Without a replication factor, the cluster decides (`cluster_replication_factor`): one
-    on a single local broker, three in production.
+    on a single local broker, three in production. Three replicas come with
+    min.insync.replicas=2.
     """
     existing = set(await admin.list_topics())
     configs = {"max.message.bytes": str(max_message_bytes)} if max_message_bytes else {}
@@ -35,6 +36,9 @@ async def ensure_topics(
         return []
     if replication_factor is None:
         replication_factor = await cluster_replication_factor(admin)
+    if replication_factor >= 3:
+        # acks=all then waits for two copies and still succeeds with one replica down.
+        configs["min.insync.replicas"] = "2"
     response = await admin.create_topics(
         [NewTopic(name, partitions, replication_factor, topic_configs=configs) for name in missing]
     )

@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.fixtures.database import TemplateDatabase
+from tests.fixtures.database import TemplateDatabase, layout_sql
 from worker.domain.errors import ConfigurationError
 from worker.infrastructure.db import dsn_with_database
 from worker.infrastructure.migrations import (
@@ -33,7 +33,15 @@ async def empty_db(migrated_template: TemplateDatabase) -> AsyncIterator[str]:
     admin = await asyncpg.connect(migrated_template.admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_with_database(migrated_template.admin_url, name)
+        url = dsn_with_database(migrated_template.admin_url, name)
+        prelude = layout_sql()  # the layout under test (CAPTURE_TEST_DB_LAYOUT)
+        if prelude is not None:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(prelude)
+            finally:
+                await conn.close()
+        yield url
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()

@@ -112,7 +112,11 @@ async def replay(
     until: datetime | None = None,
 ) -> ReplaySummary:
     summary = ReplaySummary(topic=topic, until=until.isoformat() if until else None)
-    pool = await create_pool(database_url, max_size=settings.topic_partitions + 2)
+    pool = await create_pool(
+        database_url,
+        max_size=settings.topic_partitions + 2,
+        transaction_pooler=settings.db_pooler == "transaction",
+    )
     repo = ArtifactRepository(pool)
     consumer = AIOKafkaConsumer(
         **connection_options(settings),

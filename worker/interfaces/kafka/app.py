@@ -65,6 +65,7 @@ async def postgres_store(settings: Settings) -> tuple[CaptureStore, Callable[[],
         settings.database_url.get_secret_value(),
         max_size=settings.db_pool_size,
         lock_timeout_ms=settings.db_lock_timeout_ms,
+        transaction_pooler=settings.db_pooler == "transaction",
     )
     try:
         async with pool.acquire() as conn:
@@ -278,7 +279,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
                     log.warning("error while closing", error=repr(exc))
 
     broker = KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        settings.kafka_bootstrap_list,
         security=broker_security(settings),
         graceful_timeout=settings.shutdown_timeout_s,
         client_id="capture-worker",
