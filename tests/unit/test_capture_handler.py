@@ -17,10 +17,10 @@ from worker.application.capture import (
     Limits,
     decode_command,
     handle_capture_batch,
-    readable_ids,
     result_bytes,
 )
 from worker.application.ports import IngestCommand
+from worker.application.rejection import readable_ids
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
 
