@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import typer
 from rich.markup import escape
 
-from worker.interfaces.cli import extensions
 from worker.interfaces.cli.output import fail
 
 # (module, command names it registers, the extra that brings its dependencies)
@@ -34,15 +33,13 @@ def register(app: typer.Typer) -> None:
                 _missing(app, name, extra, exc)
             continue
         module.register(app)
-    try:
-        from devkit.synthetic import generate_lines  # noqa: PLC0415 (numpy is an extra)
-    except ImportError:
-        return
 
-    def generate(n: int, users: int, seed: int, dim: int) -> Iterator[str]:
-        return generate_lines(n, users=users, seed=seed, dim=dim)
 
-    extensions.provide_generator(generate)
+def synthetic_lines(n: int, users: int, seed: int, dim: int) -> Iterator[str]:
+    """`publish --generate`'s source (entry point `capture_worker.generators`: synthetic)."""
+    from devkit.synthetic import generate_lines  # noqa: PLC0415 (numpy is an extra)
+
+    return generate_lines(n, users=users, seed=seed, dim=dim)
 
 
 def _missing(app: typer.Typer, name: str, extra: str, exc: ImportError) -> None:

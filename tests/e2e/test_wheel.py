@@ -69,7 +69,7 @@ def test_the_wheel_migrates_and_digests_outside_the_checkout(
         for k, v in os.environ.items()
         if k not in ("CAPTURE_SQL_DIR", "PYTHONPATH", "VIRTUAL_ENV")
     }
-    env["DATABASE_URL"] = empty_database
+    env["DATABASE_URL"] = env["CAPTURE_ADMIN_DATABASE_URL"] = empty_database
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     cli = venv / "bin" / "capture-worker"

@@ -16,8 +16,7 @@ from contracts import headers as H
 from tests.fixtures.services import MakeTopic
 from tests.support.kafka import produce, read_all
 from tests.support.streams import make_stream
-from worker.application.batch import BatchProcessor
-from worker.application.capture import Limits
+from worker.application.capture import BatchProcessor, Limits
 from worker.application.ports import Envelope
 from worker.application.retry import Backoff
 from worker.core import tracing

@@ -1,6 +1,6 @@
 """Fault-injection scenarios: real worker processes, real Kafka and PostgreSQL, faults in between.
 
-Each scenario ends with a one-line summary (tests/reliability/tally.py); the lines are collected
+Each scenario ends with a one-line summary (tests/support/tally.py); the lines are collected
 here and printed as a table at the end of the run (`make reliability`, `make test`).
 """
 

@@ -135,7 +135,14 @@ BREAKAGES: list[tuple[str, st.SearchStrategy[Any], frozenset[str]]] = [
         frozenset({INVALID}),
     ),
     ("schema_version", st.integers().filter(lambda v: v != 1), frozenset({VERSION})),
-    ("schema_version", st.text(max_size=3) | st.floats(), frozenset({INVALID})),
+    # A number equal to an integer is that version (1.0 is 1, as in SQL); null is not absent.
+    ("schema_version", st.integers().map(float).filter(lambda v: v != 1), frozenset({VERSION})),
+    ("schema_version", st.none(), frozenset({VERSION})),
+    (
+        "schema_version",
+        st.text(max_size=3) | st.floats().filter(lambda v: not v.is_integer()),
+        frozenset({INVALID}),
+    ),
 ]
 KNOWN = {*FIELDS, "title", "schema_version"}
 

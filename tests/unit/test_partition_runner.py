@@ -23,7 +23,7 @@ from tests.support.fakes import (
     limits,
     record,
 )
-from worker.application.batch import BatchProcessor
+from worker.application.capture import BatchProcessor
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.interfaces.http import Health

@@ -15,7 +15,7 @@ from tests.support.fakes import (
     limits,
     record,
 )
-from worker.application.batch import BatchProcessor, Stall
+from worker.application.capture import BatchProcessor, Stall
 from worker.application.retry import Backoff
 from worker.infrastructure.kafka_client import envelopes
 from worker.interfaces.kafka.consumer import PartitionHold

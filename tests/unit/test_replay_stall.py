@@ -8,7 +8,7 @@ from typing import Any
 from tests.support.fakes import OTHER_USER as FREE_USER
 from tests.support.fakes import USER as LOCKED_USER
 from tests.support.fakes import FakePublisher, FakeStore, limits, record
-from worker.application.batch import BatchProcessor
+from worker.application.capture import BatchProcessor
 from worker.application.ports import IngestCommand
 from worker.application.retry import Backoff
 from worker.domain.errors import TransientError

@@ -35,3 +35,15 @@ def test_the_admin_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.admin_url() == "postgresql://owner@db/app"
     assert settings.database_url.get_secret_value() == "postgresql://capture_app@db/app"
     assert settings.allow_superuser is True
+
+
+def test_replay_resets_as_the_admin_and_replays_as_the_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.interfaces.cli.replay import target_url  # noqa: PLC0415 - the CLI module
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://capture_app@db/app")
+    monkeypatch.setenv("CAPTURE_ADMIN_DATABASE_URL", "postgresql://owner@db/app")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert target_url(settings, reset=True) == "postgresql://owner@db/app"
+    assert target_url(settings, reset=False) == "postgresql://capture_app@db/app"

@@ -1,30 +1,43 @@
-"""CaptureArtifact: validate shape, hand the command to the database, shape the result.
+"""The capture use case: records in, the database's verdicts out, results and dead letters
+published.
 
-Nothing here computes what the database computes: levels, subspaces, margins
-and ids of accepted commands all come back from `ingest_batch`.
+For one partition's records, in order (`handle_capture_batch`): decode and validate each one
+against the contract, turn the valid ones into typed commands, hand them to the database in
+chunks (`CaptureStore.ingest_commands`), and shape an `Outcome` per record. Nothing here
+computes what the database computes: levels, subspaces, margins and the ids of accepted
+commands all come back from it.
+
+For a fetched batch (`BatchProcessor`): the partitions concurrently, each in order, then one
+publish of what succeeded. The order is the delivery guarantee: database transaction committed
+-> results and dead letters acknowledged by Kafka -> (the caller) offsets committed; a crash
+anywhere before the commit redelivers, and the database's ledger turns a redelivery into the
+identical results. A partition whose records fail transiently (its user's rows locked past
+`lock_timeout`, or the database down) comes back as a `Stall` saying where to resume and when;
+the others go on. No Kafka types here: records arrive as `Envelope`s, results leave through the
+`Publisher` port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from pydantic import ValidationError
 
-from contracts import CaptureArtifactCommand, CaptureResult, ErrorInfo, ErrorKind, ResultStatus
+from contracts import CaptureArtifactCommand, ErrorKind
 from contracts.commands import MAX_NESTING_DEPTH, parse_uuid
-from worker.application.ports import CaptureStore, Envelope, IngestCommand, ResultObject
-from worker.core import tracing
+from worker.application.ports import CaptureStore, Envelope, IngestCommand, Publisher, ResultObject
+from worker.application.rejection import readable_ids, rejected_result
+from worker.application.retry import Backoff
+from worker.core import metrics, tracing
 from worker.core.logging import get_logger
-from worker.domain.errors import PermanentError
-from worker.domain.ids import rejection_event_id
+from worker.domain.errors import CaptureError, PermanentError, TransientError
 
 log = get_logger(__name__)
 
@@ -122,36 +135,6 @@ def ingest_command(command: CaptureArtifactCommand) -> IngestCommand:
     )
 
 
-# Tokens of a JSON text that matter for its nesting: strings (skipped whole) and brackets.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[][{}]')
-_COLON_STRING = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")')
-
-
-def _top_level_strings(value: bytes, keys: frozenset[bytes]) -> dict[bytes, str]:
-    """The string members named `keys` of a top-level JSON object, at any nesting depth.
-
-    A flat scan instead of a parser: a document nested deeper than any parser's stack still
-    yields its ids. Only used on rejected payloads the parser could not take.
-    """
-    found: dict[bytes, str] = {}
-    depth = 0
-    for token in _JSON_TOKENS.finditer(value):
-        text = token.group()
-        if text[0] == 0x22:  # a string
-            if depth == 1 and text[1:-1] in keys:
-                member = _COLON_STRING.match(value, token.end())
-                if member is not None:
-                    found.setdefault(text[1:-1], json.loads(member.group(1)))
-        elif text in (b"[", b"{"):
-            depth += 1
-        else:
-            depth -= 1
-    return found
-
-
-_ID_KEYS = frozenset({b"command_id", b"user_id"})
-
-
 def record_key_problem(key: bytes | None, user_id: UUID) -> str | None:
     """Why the record's key is not `user_id` (as a UUID: case and braces do not matter).
 
@@ -167,35 +150,6 @@ def record_key_problem(key: bytes | None, user_id: UUID) -> str | None:
     except (UnicodeDecodeError, ValueError):
         same = False
     return None if same else "user_id: does not match the record key"
-
-
-def readable_ids(value: bytes | None) -> tuple[UUID | None, UUID | None]:
-    """command_id and user_id of a rejected payload, when they can be read at all."""
-    if value is None or len(value) > 16 * 1024 * 1024:
-        return None, None
-    try:
-        try:
-            data = json.loads(value)
-        except RecursionError:
-            # Nested deeper than json's stack: read the two top-level strings by a flat scan.
-            data = {k.decode(): v for k, v in _top_level_strings(value, _ID_KEYS).items()}
-        return UUID(str(data["command_id"])), UUID(str(data["user_id"]))
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None, None
-
-
-def rejected_result(
-    envelope: Envelope, error: PermanentError, command_id: UUID, user_id: UUID
-) -> ResultObject:
-    result = CaptureResult(
-        event_id=rejection_event_id(command_id, envelope.value or b""),
-        command_id=command_id,
-        user_id=user_id,
-        status=ResultStatus.REJECTED,
-        processed_at=datetime.now(UTC),
-        error=ErrorInfo(kind=error.kind, message=error.message),
-    )
-    return result.model_dump(mode="json")
 
 
 def reject(envelope: Envelope, error: PermanentError) -> Outcome:
@@ -287,3 +241,148 @@ async def store_rejections(outcomes: list[Outcome], store: CaptureStore) -> list
 def result_bytes(result: dict[str, Any]) -> bytes:
     """Canonical JSON of a result: the same result always gives the same bytes."""
     return json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- a fetched batch, partition by partition ---------------------------------------------------
+
+PartitionKey = tuple[str, int]
+
+
+def by_partition(records: Sequence[Envelope]) -> dict[PartitionKey, list[Envelope]]:
+    """Records grouped by (topic, partition), each group in the order given."""
+    groups: dict[PartitionKey, list[Envelope]] = {}
+    for r in records:
+        groups.setdefault((r.topic, r.partition), []).append(r)
+    return groups
+
+
+class RetriesExhausted(CaptureError):
+    """CAPTURE_RETRY_MAX_ATTEMPTS reached: the worker stops rather than skip a message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A partition whose records of this batch failed transiently: where to resume, and when."""
+
+    offset: int
+    delay_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """Outcomes of the partitions that succeeded (published), and the partitions to retry."""
+
+    outcomes: list[Outcome]
+    stalled: Mapping[PartitionKey, Stall] = field(default_factory=dict)
+
+
+@dataclass
+class BatchProcessor:
+    store: CaptureStore
+    publisher: Publisher
+    limits: Callable[[], Awaitable[Limits]]
+    backoff: Backoff
+    on_transient: Callable[[str], None] = lambda _: None
+    on_success: Callable[[], None] = lambda: None
+    _attempts: dict[PartitionKey, int] = field(default_factory=dict)
+
+    async def process(self, records: Sequence[Envelope]) -> Processed:
+        """Handle each partition, then publish what succeeded; nothing is ever skipped.
+
+        A partition whose handling failed transiently comes back in `stalled` (the caller
+        rewinds and pauses it, `PartitionHold`), whatever the others did: a database that is
+        down stalls them all, one user's locked rows only their own partition. A failed
+        publish (Kafka) is retried here, with backoff, for the whole batch.
+        """
+        partitions = by_partition(records)
+        attempt = 0
+        while True:
+            limits = await self.limits()
+            outcomes, failures = await _per_partition(partitions, self.store, limits)
+            stalled = self._stalled(failures, partitions)
+            try:
+                await self.publisher.publish(outcomes)
+            except TransientError as exc:
+                attempt += 1
+                metrics.RETRIES.labels(stage="publish").inc()
+                self.on_transient("publish")
+                if self.backoff.gives_up(attempt):
+                    raise RetriesExhausted(exc.reason) from exc
+                delay = self.backoff.delay(attempt)
+                first = records[0]
+                log.warning(
+                    "transient failure, retrying",
+                    reason=exc.reason,
+                    attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                    topic=first.topic,
+                    partition=first.partition,
+                    offset=first.offset,
+                    messages=len(records),
+                )
+                await asyncio.sleep(delay)
+            else:
+                for key in partitions.keys() - stalled.keys():
+                    self._attempts.pop(key, None)
+                if outcomes:
+                    self.on_success()
+                return Processed(outcomes, stalled)
+
+    async def dead_letter(self, envelope: Envelope, error: PermanentError) -> None:
+        """Dead-letter one record the worker cannot handle (its rejected result too, when its
+        ids can be read), without handing it to the database's ingest."""
+        outcomes = await store_rejections([reject(envelope, error)], self.store)
+        await self.publisher.publish(outcomes)
+
+    def _stalled(
+        self,
+        failures: Mapping[PartitionKey, TransientError],
+        partitions: Mapping[PartitionKey, list[Envelope]],
+    ) -> dict[PartitionKey, Stall]:
+        """Count an attempt per failed partition (attempts survive across batches, so the
+        backoff grows until that partition succeeds) and give each its delay."""
+        stalled: dict[PartitionKey, Stall] = {}
+        for key, exc in failures.items():
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+            metrics.RETRIES.labels(stage="database").inc()
+            if not exc.contention:  # a lock wait says nothing about the database being down
+                self.on_transient("database")
+            if self.backoff.gives_up(attempt):
+                raise RetriesExhausted(exc.reason) from exc
+            delay = self.backoff.delay(attempt)
+            first = partitions[key][0]
+            log.warning(
+                "transient failure, retrying",
+                reason=exc.reason,
+                attempt=attempt,
+                retry_in_s=round(delay, 2),
+                topic=first.topic,
+                partition=first.partition,
+                offset=first.offset,
+                messages=len(partitions[key]),
+            )
+            stalled[key] = Stall(first.offset, delay, exc.reason)
+        return stalled
+
+
+async def _per_partition(
+    groups: Mapping[PartitionKey, list[Envelope]], store: CaptureStore, limits: Limits
+) -> tuple[list[Outcome], dict[PartitionKey, TransientError]]:
+    """Partitions concurrently, each in order; a transient failure of one spares the others."""
+    keys = list(groups)
+    replies = await asyncio.gather(
+        *(handle_capture_batch(groups[k], store=store, limits=limits) for k in keys),
+        return_exceptions=True,
+    )
+    outcomes: list[Outcome] = []
+    failures: dict[PartitionKey, TransientError] = {}
+    for key, reply in zip(keys, replies, strict=True):
+        if isinstance(reply, TransientError):
+            failures[key] = reply
+        elif isinstance(reply, BaseException):
+            raise reply  # a bug (or a cancellation): the caller rewinds the whole batch
+        else:
+            outcomes += reply
+    return outcomes, failures

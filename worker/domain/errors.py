@@ -4,7 +4,7 @@
     ├── PermanentError      the command can never succeed: dead-letter it (kind says why)
     ├── TransientError      a dependency failed: retry the same command later, never skip it
     ├── ConfigurationError  the worker cannot run as configured: stop and say why
-    ├── RetriesExhausted    CAPTURE_RETRY_MAX_ATTEMPTS reached (worker.application.batch)
+    ├── RetriesExhausted    CAPTURE_RETRY_MAX_ATTEMPTS reached (worker.application.capture)
     └── StartupAborted      asked to stop while start-up waited (worker.interfaces.kafka.app)
 
 Driver errors (asyncpg, aiokafka) are translated into these once, at the

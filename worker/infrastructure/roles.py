@@ -55,6 +55,10 @@ async def create_login(dsn: str, name: str, password: str) -> None:
         try:
             statement = await _create_statement(conn, "CREATE", name, password)
             await conn.execute(f'{statement} IN ROLE "{WORKER_ROLE}"')
+        except asyncpg.DuplicateObjectError as exc:
+            raise ConfigurationError(
+                f"login {name!r} exists already (--exists-ok sets its password instead)"
+            ) from exc
         finally:
             await conn.close()
 

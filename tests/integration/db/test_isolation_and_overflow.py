@@ -5,8 +5,10 @@ dead-lettered), and a subspace's running sum never overflows float32 (before, 22
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,11 +18,14 @@ import pytest
 from tests.fixtures.database import TemplateDatabase, WorkerLogin
 from tests.integration.db.support import DIM, as_json, command, new_id, unit
 from worker.domain.errors import TransientError
-from worker.infrastructure.db import create_pool
+from worker.infrastructure.db import create_pool, dsn_with_database
+from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.repository import ArtifactRepository
 from worker.infrastructure.roles import ensure_login
+from worker.sql import migrations as packaged_migrations
 
 FLT_MAX = float(np.finfo(np.float32).max)
+BATCH = "SELECT capture.ingest_batch($1::jsonb)"
 
 
 @pytest.mark.parametrize("level", ["repeatable_read", "serializable"])
@@ -167,3 +172,60 @@ async def test_ordinary_sums_keep_scale_zero(pool: asyncpg.Pool) -> None:
     # exactly the float32 sum, as before 0004 (digests of earlier databases stay valid)
     expected = (v + v).astype(np.float32) + v
     assert np.array_equal(np.array(row["s"], dtype=np.float32), expected.astype(np.float32))
+
+
+async def test_migrating_a_used_database_to_0004_keeps_its_state_and_digest(
+    migrated_template: TemplateDatabase, tmp_path: Path
+) -> None:
+    """0004 redefines the functions and adds centroid_scale: a database filled before keeps
+    its digest, and ingesting on top gives the same state as ingesting after the migration."""
+    before_0004 = tmp_path / "migrations"
+    before_0004.mkdir()
+    for path in sorted(packaged_migrations().iterdir()):
+        if path.name.endswith(".sql") and path.name < "0004":
+            shutil.copy(path, before_0004 / path.name)
+    rng = np.random.default_rng(2024)
+    users = [new_id() for _ in range(3)]
+    first = [
+        as_json(command(user_id=u, url=f"https://example.com/{u}/{i}", embedding=unit(rng)))
+        for i in range(20)
+        for u in users
+    ]
+    later = [
+        as_json(command(user_id=u, url=f"https://example.com/{u}/later/{i}", embedding=unit(rng)))
+        for i in range(10)
+        for u in users
+    ]
+    digests = []
+    for upgrade_between in (True, False):
+        name = f"cw_upgrade_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(migrated_template.admin_url)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = dsn_with_database(migrated_template.admin_url, name)
+        try:
+            dim = migrated_template.embedding_dim
+            if upgrade_between:
+                await apply_migrations(url, embedding_dim=dim, directory=before_0004)
+            else:
+                await apply_migrations(url, embedding_dim=dim)
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.fetchval(
+                    "SELECT capture.ingest_batch($1::jsonb)", f"[{','.join(first)}]"
+                )
+                digest_before = await conn.fetchval("SELECT capture.capture_state_digest()")
+                if upgrade_between:
+                    assert await apply_migrations(url, embedding_dim=dim) != []
+                    assert await conn.fetchval("SELECT capture.capture_state_digest()") == (
+                        digest_before
+                    )
+                await conn.fetchval(
+                    "SELECT capture.ingest_batch($1::jsonb)", f"[{','.join(later)}]"
+                )
+                digests.append(await conn.fetchval("SELECT capture.capture_state_digest()"))
+            finally:
+                await conn.close()
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+    assert digests[0] == digests[1]

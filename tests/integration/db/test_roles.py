@@ -167,3 +167,33 @@ async def test_functions_pin_their_search_path(worker_conn: asyncpg.Connection) 
         " (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')"
     )
     assert [r["proname"] for r in unpinned] == []
+
+
+async def test_create_login_twice_says_so_and_exists_ok_sets_the_password(
+    db_url: str, login: str
+) -> None:
+    name = urlsplit(login).username
+    assert name is not None
+    app = typer.Typer()
+    register(app)
+    base = ["db", "create-login", name, "--password-env", "CW_TEST_NEW_PASSWORD"]
+    os.environ["CW_TEST_NEW_PASSWORD"] = "another-s3cret"
+    admin = await asyncpg.connect(db_url)
+    stored = "SELECT rolpassword FROM pg_authid WHERE rolname = $1"
+    try:
+        before = await admin.fetchval(stored, name)
+        again = await asyncio.to_thread(CliRunner().invoke, app, [*base, "--database-url", db_url])
+        assert again.exit_code == 1 and "exists already" in again.output
+        reset = await asyncio.to_thread(
+            CliRunner().invoke, app, [*base, "--exists-ok", "--database-url", db_url]
+        )
+        assert reset.exit_code == 0, reset.output
+        assert await admin.fetchval(stored, name) not in (None, before)  # a new password hash
+        conn = await asyncpg.connect(as_user(db_url, name, "another-s3cret"))
+        try:
+            assert await conn.fetchval("SELECT pg_has_role('capture_worker', 'MEMBER')")
+        finally:
+            await conn.close()
+    finally:
+        await admin.close()
+        del os.environ["CW_TEST_NEW_PASSWORD"]

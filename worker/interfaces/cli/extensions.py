@@ -1,5 +1,6 @@
-"""Commands that other installed packages add to `capture-worker` (the devkit's stack, bench,
-demo), found through the entry point group `capture_worker.cli`.
+"""What other installed packages add to `capture-worker`: commands (the devkit's stack, bench,
+demo), found through the entry point group `capture_worker.cli`, and the synthetic command
+generator behind `publish --generate` (group `capture_worker.generators`, name `synthetic`).
 
 The worker never imports those packages by name: a production install that lacks them (or
 their extras) simply has fewer commands.
@@ -15,22 +16,24 @@ import typer
 from worker.core.logging import get_logger
 
 GROUP = "capture_worker.cli"
+GENERATORS = "capture_worker.generators"
 
 #: Makes N synthetic command lines: (n, users, seed, dim) -> JSON lines. Set by the devkit.
 Generator = Callable[[int, int, int, int], Iterator[str]]
 
-_generator: list[Generator] = []
-
 log = get_logger(__name__)
 
 
-def provide_generator(generator: Generator) -> None:
-    """Offer `publish --generate` a source of synthetic commands."""
-    _generator[:] = [generator]
-
-
 def generator() -> Generator | None:
-    return _generator[0] if _generator else None
+    """The installed synthetic generator, or None (the devkit or its numpy is missing)."""
+    for entry in entry_points(group=GENERATORS, name="synthetic"):
+        try:
+            found: Generator = entry.load()
+        except ImportError as exc:
+            log.debug("generator not loaded", error=str(exc))
+            continue
+        return found
+    return None
 
 
 def load(app: typer.Typer) -> None:

@@ -374,7 +374,7 @@ def publish_command(
     generate_lines = extensions.generator()
     if generate is not None and generate_lines is None:
         fail(
-            "--generate needs the devkit's generator: pip install 'capture-worker[bench]'",
+            "--generate needs the devkit's generator: pip install 'capture-worker\\[bench]'",
             EXIT_INVALID,
         )
     if generate is not None and output is not None:

@@ -20,8 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from worker.application.batch import BatchProcessor
-from worker.application.capture import Limits, Outcome
+from worker.application.capture import BatchProcessor, Limits, Outcome
 from worker.application.ports import Envelope
 from worker.application.retry import Backoff
 from worker.core.config import Settings, get_settings

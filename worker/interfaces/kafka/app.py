@@ -33,8 +33,7 @@ from faststream.specification import AsyncAPI
 
 from contracts import CaptureArtifactCommand, CaptureResult
 from worker import __version__
-from worker.application.batch import BatchProcessor
-from worker.application.capture import Limits
+from worker.application.capture import BatchProcessor, Limits
 from worker.application.ports import CaptureStore
 from worker.application.retry import Backoff
 from worker.core.config import Settings

@@ -2,7 +2,7 @@
 
 What to do with a partition's records (and with a failure) is the `PartitionRunner`'s
 (`runner.py`); what a batch does in the database and on the result topics is the
-application's (`worker.application.batch`). The order that is the delivery guarantee -- database
+application's (`worker.application.capture`). The order that is the delivery guarantee -- database
 commit, then results acknowledged, then the offset commit -- ends here: `OffsetCommitter`
 commits only what the runner marked as done.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from worker.application.batch import PartitionKey, Stall
+from worker.application.capture import PartitionKey, Stall
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.core.logging import get_logger

@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from contracts import ErrorKind
-from worker.application.batch import BatchProcessor, Processed, RetriesExhausted
+from worker.application.capture import BatchProcessor, Processed, RetriesExhausted
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.core.logging import get_logger
