@@ -631,7 +631,8 @@ async def _wait_ready(
     wait_s: float,
     progress: Progress,
 ) -> None:
-    """Until the cluster reports every running node as a registered, unfenced broker."""
+    """Until the cluster reports every running node as a registered, unfenced broker and
+    each of them answers a metadata request itself."""
     progress(f"kafka: waiting for {cfg.brokers} broker(s) in a metadata answer on {cfg.bootstrap}")
     want = {n for n, pid in pids.items() if pid is not None}
     deadline = time.monotonic() + wait_s
@@ -642,7 +643,11 @@ async def _wait_ready(
                 raise StackError(
                     f"kafka node {node} exited during start-up; see {log}:\n{process.tail(log)}"
                 )
-        if want <= await live_brokers(cfg):
+        # A SIGKILLed node stays registered until its session times out, so the list alone
+        # could name a node still starting: each node must also answer on its own listener.
+        if want <= await live_brokers(cfg) and all(
+            [await probe_node(cfg, node) for node in sorted(want)]
+        ):
             return
         if time.monotonic() >= deadline:
             raise StackError(
