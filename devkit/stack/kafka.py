@@ -408,11 +408,6 @@ def recorded_config(paths: KafkaPaths) -> KafkaConfig | None:
     return KafkaConfig.from_json(data) if isinstance(data, dict) else None
 
 
-async def probe(cfg: KafkaConfig, probe_s: float = 3.0) -> bool:
-    """True when the broker answers DescribeCluster with at least one (unfenced) broker."""
-    return await probe_cluster(cfg.client_options(), probe_s)
-
-
 async def probe_cluster(client_options: dict[str, Any], probe_s: float = 3.0) -> bool:
     """`probe` for any cluster, given aiokafka connection options (bootstrap, security)."""
     with quiet_logger("aiokafka"):
@@ -538,17 +533,7 @@ async def start(
                 if process.port_open(cfg.host, port):
                     raise StackError(f"port {cfg.host}:{port} is in use by another process (kafka)")
         libs = await asyncio.to_thread(ensure_libs, cache_dir, cfg.version, progress)
-        cluster_id = (
-            next(
-                (
-                    c
-                    for n in cfg.nodes
-                    if (c := formatted_cluster_id(KafkaPaths.under(state_dir, n)))
-                ),
-                None,
-            )
-            or new_cluster_id()
-        )
+        cluster_id = _cluster_id(cfg, state_dir)
         spawned = await asyncio.gather(  # side by side: each format is a JVM start
             *(_spawn_node(cfg, state_dir, n, java, libs, cluster_id, progress) for n in missing)
         )
@@ -567,6 +552,16 @@ async def start(
             cfg.nodes, status(cfg, state_dir, ready=dict.fromkeys(cfg.nodes, True)), strict=True
         )
     ]
+
+
+def _cluster_id(cfg: KafkaConfig, state_dir: Path) -> str:
+    """The id every node was formatted with (a node may have been formatted already), else a
+    new one: all nodes of a cluster must share it."""
+    for node in cfg.nodes:
+        found = formatted_cluster_id(KafkaPaths.under(state_dir, node))
+        if found:
+            return found
+    return new_cluster_id()
 
 
 async def _spawn_node(
