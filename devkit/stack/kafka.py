@@ -408,11 +408,6 @@ def recorded_config(paths: KafkaPaths) -> KafkaConfig | None:
     return KafkaConfig.from_json(data) if isinstance(data, dict) else None
 
 
-async def probe(cfg: KafkaConfig, probe_s: float = 3.0) -> bool:
-    """True when the broker answers DescribeCluster with at least one (unfenced) broker."""
-    return await probe_cluster(cfg.client_options(), probe_s)
-
-
 async def probe_cluster(client_options: dict[str, Any], probe_s: float = 3.0) -> bool:
     """`probe` for any cluster, given aiokafka connection options (bootstrap, security)."""
     with quiet_logger("aiokafka"):
@@ -538,17 +533,7 @@ async def start(
                 if process.port_open(cfg.host, port):
                     raise StackError(f"port {cfg.host}:{port} is in use by another process (kafka)")
         libs = await asyncio.to_thread(ensure_libs, cache_dir, cfg.version, progress)
-        cluster_id = (
-            next(
-                (
-                    c
-                    for n in cfg.nodes
-                    if (c := formatted_cluster_id(KafkaPaths.under(state_dir, n)))
-                ),
-                None,
-            )
-            or new_cluster_id()
-        )
+        cluster_id = _cluster_id(cfg, state_dir)
         spawned = await asyncio.gather(  # side by side: each format is a JVM start
             *(_spawn_node(cfg, state_dir, n, java, libs, cluster_id, progress) for n in missing)
         )
@@ -567,6 +552,16 @@ async def start(
             cfg.nodes, status(cfg, state_dir, ready=dict.fromkeys(cfg.nodes, True)), strict=True
         )
     ]
+
+
+def _cluster_id(cfg: KafkaConfig, state_dir: Path) -> str:
+    """The id every node was formatted with (a node may have been formatted already), else a
+    new one: all nodes of a cluster must share it."""
+    for node in cfg.nodes:
+        found = formatted_cluster_id(KafkaPaths.under(state_dir, node))
+        if found:
+            return found
+    return new_cluster_id()
 
 
 async def _spawn_node(
@@ -631,7 +626,8 @@ async def _wait_ready(
     wait_s: float,
     progress: Progress,
 ) -> None:
-    """Until the cluster reports every running node as a registered, unfenced broker."""
+    """Until the cluster reports every running node as a registered, unfenced broker and
+    each of them answers a metadata request itself."""
     progress(f"kafka: waiting for {cfg.brokers} broker(s) in a metadata answer on {cfg.bootstrap}")
     want = {n for n, pid in pids.items() if pid is not None}
     deadline = time.monotonic() + wait_s
@@ -642,7 +638,11 @@ async def _wait_ready(
                 raise StackError(
                     f"kafka node {node} exited during start-up; see {log}:\n{process.tail(log)}"
                 )
-        if want <= await live_brokers(cfg):
+        # A SIGKILLed node stays registered until its session times out, so the list alone
+        # could name a node still starting: each node must also answer on its own listener.
+        if want <= await live_brokers(cfg) and all(
+            [await probe_node(cfg, node) for node in sorted(want)]
+        ):
             return
         if time.monotonic() >= deadline:
             raise StackError(

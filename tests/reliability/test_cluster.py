@@ -13,7 +13,11 @@ poison message, digest equal to a direct load of the same commands).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -243,3 +247,35 @@ async def test_the_worker_creates_its_topics_with_three_replicas_two_in_sync(
         await admin.delete_topics(created)
     finally:
         await admin.close()
+
+
+def test_stack_status_and_env_show_every_node_and_the_quorum_leader(
+    kafka_cluster: Cluster,
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CAPTURE_STACK_", "KAFKA_", "PG")) and k != "DATABASE_URL"
+    } | {"CAPTURE_STATE_DIR": str(kafka_cluster.cfg.state_dir)}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.interfaces.cli.main", "stack", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    services = json.loads(cli("status", "--format", "json"))["services"]
+    nodes = {name: s for name, s in services.items() if name.startswith("kafka")}
+    assert sorted(nodes) == ["kafka-1", "kafka-2", "kafka-3"]
+    assert {s["state"] for s in nodes.values()} == {"running"}
+    endpoints = [nodes[f"kafka-{n}"]["endpoint"] for n in (1, 2, 3)]
+    assert ",".join(endpoints) == kafka_cluster.bootstrap
+    roles = [s["role"] for s in nodes.values()]
+    assert sum("quorum leader" in r for r in roles) == 1, roles
+    assert f"export KAFKA_BOOTSTRAP_SERVERS={kafka_cluster.bootstrap}" in cli("env")
