@@ -319,19 +319,26 @@ TYPED_FUNCTIONS = [
 
 
 async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
-    """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise)."""
+    """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise):
+    the entry point pins its path with pg_temp last; the helpers, which run under that path
+    without a SET clause of their own (it would cost a setting save/restore per call), cannot
+    be called by the worker's role or PUBLIC at all."""
     conn = await asyncpg.connect(db_url)
     try:
         rows = await conn.fetch(
-            "SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p"
-            " WHERE p.pronamespace = 'capture'::regnamespace"
+            "SELECT p.proname, p.prosecdef, p.proconfig,"
+            " has_function_privilege('capture_worker', p.oid, 'EXECUTE') AS worker_may,"
+            " has_function_privilege('public', p.oid, 'EXECUTE') AS public_may"
+            " FROM pg_proc p WHERE p.pronamespace = 'capture'::regnamespace"
             " AND p.proname = ANY($1::text[])",
             TYPED_FUNCTIONS,
         )
     finally:
         await conn.close()
     assert sorted(r["proname"] for r in rows) == sorted(TYPED_FUNCTIONS)
-    for row in rows:
-        (path,) = [c for c in row["proconfig"] if c.startswith("search_path=")]
-        assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp", row
-    assert [r["proname"] for r in rows if r["prosecdef"]] == ["ingest_typed"]
+    (entry,) = [r for r in rows if r["proname"] == "ingest_typed"]
+    assert entry["prosecdef"] and entry["worker_may"] and not entry["public_may"]
+    (path,) = [c for c in entry["proconfig"] if c.startswith("search_path=")]
+    assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp"
+    for helper in (r for r in rows if r["proname"] != "ingest_typed"):
+        assert not helper["prosecdef"] and not helper["worker_may"] and not helper["public_may"]

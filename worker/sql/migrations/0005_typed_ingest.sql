@@ -20,15 +20,22 @@
 -- ledger and signal rows after it. The loop keeps only what must follow the order (a user's
 -- artifacts and subspaces, repeats and conflicts within the batch).
 --
--- Security (the rule for every SECURITY DEFINER function from 0004 on): search_path pinned with
--- pg_temp last, and every relation and function of ours schema-qualified, so that a caller's
--- temp tables can never stand in for ours. Operators and types of pgvector resolve through
--- `extensions` (Supabase) or `public`.
+-- Security (the rule for every SECURITY DEFINER function from 0004 on): the entry point pins
+-- search_path with pg_temp last, and every relation and function of ours is schema-qualified,
+-- so that a caller's temp tables can never stand in for ours. Operators and types of pgvector
+-- resolve through `extensions` (Supabase) or `public`. The helpers run under that pinned path
+-- (see the note above them).
 
 -- ---------------------------------------------------------------------------------------------
--- _typed_problem(cfg, fields..., canonical) -> null, or (sqlstate, message) of the first shape
--- problem, in _ingest's order and with its messages, so that both paths name the same one.
+-- The helpers below are not SECURITY DEFINER, not executable by anyone but the owner, and name
+-- every relation with its schema; they run under ingest_typed's pinned search_path. They carry
+-- no SET clause on purpose: a function with one is never inlined and saves and restores the
+-- setting on every call, which cost more per command than the checks themselves.
 -- ---------------------------------------------------------------------------------------------
+
+-- _typed_problem(cfg, fields..., canonical) -> null, or the first shape problem as its SQLSTATE
+-- (5 characters) followed by the message, in _ingest's order and with its messages, so that
+-- both paths name the same problem. One expression: inlined into the caller's query.
 CREATE FUNCTION capture._typed_problem(
     cfg capture.ingest_config,
     p_command_id uuid,
@@ -38,48 +45,31 @@ CREATE FUNCTION capture._typed_problem(
     p_embedding vector,
     p_depth double precision,
     p_occurred timestamptz,
-    p_canonical text,
-    OUT sqlstate text,
-    OUT message text
-)
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
+    p_canonical text
+) RETURNS text
+LANGUAGE sql STABLE
 AS $$
-BEGIN
-    sqlstate := '23502';
-    message := CASE
-        WHEN p_command_id IS NULL THEN 'command_id: required'
-        WHEN p_user_id IS NULL THEN 'user_id: required'
-        WHEN p_url IS NULL THEN 'url: required'
-        WHEN p_embedding IS NULL THEN 'embedding: required'
-        WHEN p_depth IS NULL THEN 'reading_depth: required'
-        WHEN p_occurred IS NULL THEN 'occurred_at: required' END;
-    IF message IS NOT NULL THEN
-        RETURN;
-    END IF;
-    sqlstate := '22023';
-    IF cfg.embedding_dim IS NOT NULL AND vector_dims(p_embedding) <> cfg.embedding_dim THEN
-        message := format('embedding: expected %s dimensions, got %s',
-                          cfg.embedding_dim, vector_dims(p_embedding));
-    ELSIF char_length(p_url) > 2048 THEN
-        sqlstate := '22001';
-        message := format('url: at most 2048 characters, got %s', char_length(p_url));
-    ELSIF p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]' THEN
-        message := 'url: must be an http(s) URL without whitespace';
-    ELSIF p_canonical !~* '^https?://[^/?#:]' THEN
-        message := 'url: must have a host';
-    ELSIF char_length(p_title) > 512 THEN
-        sqlstate := '22001';
-        message := format('title: at most 512 characters, got %s', char_length(p_title));
-    ELSIF vector_norm(p_embedding) = 0 THEN
-        message := 'embedding: must not be all zero';
-    ELSIF NOT (p_depth >= 0 AND p_depth <= 1.5) THEN
-        sqlstate := '22003';
-        message := format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth);
-    ELSE
-        sqlstate := NULL;
-    END IF;
-END;
+    SELECT CASE
+        WHEN p_command_id IS NULL THEN '23502command_id: required'
+        WHEN p_user_id IS NULL THEN '23502user_id: required'
+        WHEN p_url IS NULL THEN '23502url: required'
+        WHEN p_embedding IS NULL THEN '23502embedding: required'
+        WHEN p_depth IS NULL THEN '23502reading_depth: required'
+        WHEN p_occurred IS NULL THEN '23502occurred_at: required'
+        WHEN cfg.embedding_dim IS NOT NULL AND vector_dims(p_embedding) <> cfg.embedding_dim
+            THEN '22023' || format('embedding: expected %s dimensions, got %s',
+                                   cfg.embedding_dim, vector_dims(p_embedding))
+        WHEN char_length(p_url) > 2048
+            THEN '22001' || format('url: at most 2048 characters, got %s', char_length(p_url))
+        WHEN p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]'
+            THEN '22023url: must be an http(s) URL without whitespace'
+        WHEN p_canonical !~* '^https?://[^/?#:]' THEN '22023url: must have a host'
+        WHEN char_length(p_title) > 512
+            THEN '22001' || format('title: at most 512 characters, got %s', char_length(p_title))
+        WHEN vector_norm(p_embedding) = 0 THEN '22023embedding: must not be all zero'
+        WHEN NOT (p_depth >= 0 AND p_depth <= 1.5)
+            THEN '22003' || format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth)
+    END
 $$;
 
 -- The same payload hash as _ingest (see there): the ledger of one path serves the other.
@@ -92,8 +82,7 @@ CREATE FUNCTION capture._typed_hash(
     p_depth double precision,
     p_occurred timestamptz
 ) RETURNS uuid
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
+LANGUAGE sql STABLE  -- as volatile as its body, or it would not be inlined
 AS $$
     SELECT md5(
         convert_to(jsonb_build_array(p_command_id, p_user_id, p_url, p_title,
@@ -104,8 +93,7 @@ $$;
 -- The level one signal reaches, with the thresholds of this moment.
 CREATE FUNCTION capture._signal_level(cfg capture.ingest_config, p_depth double precision)
 RETURNS capture.engagement_level
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
+LANGUAGE sql STABLE
 AS $$
     SELECT (CASE
         WHEN p_depth >= cfg.deep THEN 'deep'
@@ -131,7 +119,6 @@ CREATE FUNCTION capture._typed_apply(
     p_canonical text
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
     v_artifact_id uuid := md5('artifact:' || p_user_id || ':' || p_canonical)::uuid;
@@ -228,7 +215,6 @@ $$;
 CREATE FUNCTION capture._refusal(command_id uuid, kind text, message text, sqlstate text)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object('command_id', command_id,
                               'error', jsonb_build_object('kind', kind, 'message', message,
@@ -252,19 +238,19 @@ CREATE FUNCTION capture._ingest_typed(
     p_occurred timestamptz
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
     v_canonical   text := capture.canonical_url(p_url);
-    v_problem     record;
+    v_problem     text;
     v_hash        uuid;
     v_stored_hash uuid;
     v_result      jsonb;
 BEGIN
     v_problem := capture._typed_problem(cfg, p_command_id, p_user_id, p_url, p_title,
                                         p_embedding, p_depth, p_occurred, v_canonical);
-    IF v_problem.sqlstate IS NOT NULL THEN
-        RETURN capture._refusal(p_command_id, 'constraint', v_problem.message, v_problem.sqlstate);
+    IF v_problem IS NOT NULL THEN
+        RETURN capture._refusal(p_command_id, 'constraint', substr(v_problem, 6),
+                                left(v_problem, 5));
     END IF;
     v_hash := capture._typed_hash(p_command_id, p_user_id, p_url, p_title, p_embedding,
                                   p_depth, p_occurred);
@@ -326,10 +312,10 @@ DECLARE
     v_results    jsonb[] := '{}';
     v_result     jsonb;
     v_canonical  text[];
+    v_problems   text[];
     v_hash       uuid[];
     v_stored     uuid[];
     v_stored_res jsonb[];
-    v_problem    record;
     v_seen       jsonb := '{}';  -- command_id -> index of the element that took it here
     v_j          integer;
     v_new        integer[] := '{}';  -- the elements applied here: their ledger and signal rows
@@ -369,22 +355,23 @@ BEGIN
 
     -- Order-free work for the whole batch at once (the locks are held: the ledger rows of
     -- these users cannot change under us; another user's same command_id is caught below).
-    SELECT array_agg(capture.canonical_url(t.url) ORDER BY t.ord),
+    SELECT array_agg(c.canonical ORDER BY t.ord),
+           array_agg(capture._typed_problem(v_cfg, t.cid, t.uid, t.url, t.title, t.emb, t.depth,
+                                            t.occ, c.canonical) ORDER BY t.ord),
            array_agg(capture._typed_hash(t.cid, t.uid, t.url, t.title, t.emb, t.depth, t.occ)
                      ORDER BY t.ord),
            array_agg(l.payload_hash ORDER BY t.ord),
            array_agg(l.result ORDER BY t.ord)
-    INTO v_canonical, v_hash, v_stored, v_stored_res
+    INTO v_canonical, v_problems, v_hash, v_stored, v_stored_res
     FROM unnest(command_ids, user_ids, urls, titles, embeddings, reading_depths, occurred_ats)
          WITH ORDINALITY AS t(cid, uid, url, title, emb, depth, occ, ord)
+    CROSS JOIN LATERAL (SELECT capture.canonical_url(t.url) AS canonical OFFSET 0) c  -- once
     LEFT JOIN capture.command_ledger l ON l.command_id = t.cid;
 
     FOR i IN 1 .. v_n LOOP
-        v_problem := capture._typed_problem(v_cfg, command_ids[i], user_ids[i], urls[i],
-            titles[i], embeddings[i], reading_depths[i], occurred_ats[i], v_canonical[i]);
-        IF v_problem.sqlstate IS NOT NULL THEN
-            v_result := capture._refusal(command_ids[i], 'constraint', v_problem.message,
-                                         v_problem.sqlstate);
+        IF v_problems[i] IS NOT NULL THEN
+            v_result := capture._refusal(command_ids[i], 'constraint', substr(v_problems[i], 6),
+                                         left(v_problems[i], 5));
         ELSE
             v_j := (v_seen->>(command_ids[i]::text))::integer;
             IF v_j IS NOT NULL OR v_stored[i] IS NOT NULL THEN
