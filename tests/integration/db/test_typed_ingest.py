@@ -307,22 +307,11 @@ async def test_a_text_postgresql_cannot_hold_refuses_the_call_as_a_whole(
         await pool.close()
 
 
-TYPED_FUNCTIONS = [
-    "ingest_typed",
-    "_ingest_typed",
-    "_typed_problem",
-    "_typed_hash",
-    "_typed_apply",
-    "_signal_level",
-    "_refusal",
-]
+TYPED_FUNCTIONS = ["ingest_typed", "_typed_batch", "_refusal"]
 
 
 async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
-    """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise):
-    the entry point pins its path with pg_temp last; the helpers, which run under that path
-    without a SET clause of their own (it would cost a setting save/restore per call), cannot
-    be called by the worker's role or PUBLIC at all."""
+    """A caller's temp tables can never stand in for ours (pg_temp is searched first otherwise)."""
     conn = await asyncpg.connect(db_url)
     try:
         rows = await conn.fetch(
@@ -336,9 +325,9 @@ async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
     finally:
         await conn.close()
     assert sorted(r["proname"] for r in rows) == sorted(TYPED_FUNCTIONS)
-    (entry,) = [r for r in rows if r["proname"] == "ingest_typed"]
-    assert entry["prosecdef"] and entry["worker_may"] and not entry["public_may"]
-    (path,) = [c for c in entry["proconfig"] if c.startswith("search_path=")]
-    assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp"
-    for helper in (r for r in rows if r["proname"] != "ingest_typed"):
-        assert not helper["prosecdef"] and not helper["worker_may"] and not helper["public_may"]
+    for row in rows:
+        (path,) = [c for c in row["proconfig"] if c.startswith("search_path=")]
+        assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp", row
+        assert not row["public_may"]
+        # Only the entry point runs with the owner's rights, and only it is the worker's.
+        assert row["prosecdef"] == row["worker_may"] == (row["proname"] == "ingest_typed")
