@@ -1,7 +1,7 @@
 """CaptureArtifact: validate shape, hand the command to the database, shape the result.
 
 Nothing here computes what the database computes: levels, subspaces, margins
-and ids of accepted commands all come back from `ingest_batch`.
+and ids of accepted commands all come back from the store (`capture.ingest_typed`).
 """
 
 from __future__ import annotations
