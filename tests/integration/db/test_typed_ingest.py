@@ -308,15 +308,7 @@ async def test_a_text_postgresql_cannot_hold_refuses_the_call_as_a_whole(
         await pool.close()
 
 
-TYPED_FUNCTIONS = [
-    "ingest_typed",
-    "_ingest_typed",
-    "_typed_problem",
-    "_typed_hash",
-    "_typed_apply",
-    "_signal_level",
-    "_refusal",
-]
+TYPED_FUNCTIONS = ["ingest_typed", "_typed_batch", "_refusal"]
 
 
 async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
@@ -324,8 +316,10 @@ async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
     conn = await asyncpg.connect(db_url)
     try:
         rows = await conn.fetch(
-            "SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p"
-            " WHERE p.pronamespace = 'capture'::regnamespace"
+            "SELECT p.proname, p.prosecdef, p.proconfig,"
+            " has_function_privilege('capture_worker', p.oid, 'EXECUTE') AS worker_may,"
+            " has_function_privilege('public', p.oid, 'EXECUTE') AS public_may"
+            " FROM pg_proc p WHERE p.pronamespace = 'capture'::regnamespace"
             " AND p.proname = ANY($1::text[])",
             TYPED_FUNCTIONS,
         )
@@ -335,4 +329,6 @@ async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
     for row in rows:
         (path,) = [c for c in row["proconfig"] if c.startswith("search_path=")]
         assert path.removeprefix("search_path=").split(", ")[-1] == "pg_temp", row
-    assert [r["proname"] for r in rows if r["prosecdef"]] == ["ingest_typed"]
+        assert not row["public_may"]
+        # Only the entry point runs with the owner's rights, and only it is the worker's.
+        assert row["prosecdef"] == row["worker_may"] == (row["proname"] == "ingest_typed")

@@ -16,211 +16,250 @@
 -- PostgreSQL's 64-entry per-backend subtransaction cache and slowed every concurrent snapshot.)
 --
 -- What does not depend on the order of the commands is done for the whole batch in one
--- statement each: canonical urls, payload hashes and the ledger lookup before the loop, the
--- ledger and signal rows after it. The loop keeps only what must follow the order (a user's
--- artifacts and subspaces, repeats and conflicts within the batch).
+-- statement each: shape checks, canonical urls, payload hashes and the ledger lookup before the
+-- loop, the ledger and signal rows after it. The loop keeps only what must follow the order (a
+-- user's artifacts and subspaces, repeats and conflicts within the batch).
 --
--- Security (the rule for every SECURITY DEFINER function from 0004 on): search_path pinned with
--- pg_temp last, and every relation and function of ours schema-qualified, so that a caller's
--- temp tables can never stand in for ours. Operators and types of pgvector resolve through
--- `extensions` (Supabase) or `public`.
+-- Security (the rule for every SECURITY DEFINER function from 0004 on): the entry point pins
+-- search_path with pg_temp last, and every relation and function of ours is schema-qualified,
+-- so that a caller's temp tables can never stand in for ours. Operators and types of pgvector
+-- resolve through `extensions` (Supabase) or `public`. The work is in one function with its own
+-- pinned path, called once per batch: no per-command function call (each call of a function
+-- with a SET clause saves and restores the setting, and such a function is never inlined).
 
 -- ---------------------------------------------------------------------------------------------
--- _typed_problem(cfg, fields..., canonical) -> null, or (sqlstate, message) of the first shape
--- problem, in _ingest's order and with its messages, so that both paths name the same one.
+-- _typed_batch(cfg, arrays) -> jsonb array of results / error elements, the fast path of
+-- ingest_typed (see the header): no subtransaction, raises only when a write fails. The caller
+-- holds the users' locks and has checked the arrays' lengths. Not granted to anyone.
 -- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION capture._typed_problem(
+CREATE FUNCTION capture._typed_batch(
     cfg capture.ingest_config,
-    p_command_id uuid,
-    p_user_id uuid,
-    p_url text,
-    p_title text,
-    p_embedding vector,
-    p_depth double precision,
-    p_occurred timestamptz,
-    p_canonical text,
-    OUT sqlstate text,
-    OUT message text
-)
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
-AS $$
-BEGIN
-    sqlstate := '23502';
-    message := CASE
-        WHEN p_command_id IS NULL THEN 'command_id: required'
-        WHEN p_user_id IS NULL THEN 'user_id: required'
-        WHEN p_url IS NULL THEN 'url: required'
-        WHEN p_embedding IS NULL THEN 'embedding: required'
-        WHEN p_depth IS NULL THEN 'reading_depth: required'
-        WHEN p_occurred IS NULL THEN 'occurred_at: required' END;
-    IF message IS NOT NULL THEN
-        RETURN;
-    END IF;
-    sqlstate := '22023';
-    IF cfg.embedding_dim IS NOT NULL AND vector_dims(p_embedding) <> cfg.embedding_dim THEN
-        message := format('embedding: expected %s dimensions, got %s',
-                          cfg.embedding_dim, vector_dims(p_embedding));
-    ELSIF char_length(p_url) > 2048 THEN
-        sqlstate := '22001';
-        message := format('url: at most 2048 characters, got %s', char_length(p_url));
-    ELSIF p_url !~* '^https?://' OR p_url ~ '[[:space:][:cntrl:]]' THEN
-        message := 'url: must be an http(s) URL without whitespace';
-    ELSIF p_canonical !~* '^https?://[^/?#:]' THEN
-        message := 'url: must have a host';
-    ELSIF char_length(p_title) > 512 THEN
-        sqlstate := '22001';
-        message := format('title: at most 512 characters, got %s', char_length(p_title));
-    ELSIF vector_norm(p_embedding) = 0 THEN
-        message := 'embedding: must not be all zero';
-    ELSIF NOT (p_depth >= 0 AND p_depth <= 1.5) THEN
-        sqlstate := '22003';
-        message := format('reading_depth: must be between 0.0 and 1.5, got %s', p_depth);
-    ELSE
-        sqlstate := NULL;
-    END IF;
-END;
-$$;
-
--- The same payload hash as _ingest (see there): the ledger of one path serves the other.
-CREATE FUNCTION capture._typed_hash(
-    p_command_id uuid,
-    p_user_id uuid,
-    p_url text,
-    p_title text,
-    p_embedding vector,
-    p_depth double precision,
-    p_occurred timestamptz
-) RETURNS uuid
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
-AS $$
-    SELECT md5(
-        convert_to(jsonb_build_array(p_command_id, p_user_id, p_url, p_title,
-                                     extract(epoch FROM p_occurred), 1)::text, 'UTF8')
-        || float8send(p_depth) || vector_send(p_embedding))::uuid
-$$;
-
--- The level one signal reaches, with the thresholds of this moment.
-CREATE FUNCTION capture._signal_level(cfg capture.ingest_config, p_depth double precision)
-RETURNS capture.engagement_level
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
-AS $$
-    SELECT (CASE
-        WHEN p_depth >= cfg.deep THEN 'deep'
-        WHEN p_depth >= cfg.read THEN 'read'
-        WHEN p_depth >= cfg.skimmed THEN 'skimmed'
-        ELSE 'captured' END)::capture.engagement_level
-$$;
-
--- ---------------------------------------------------------------------------------------------
--- _typed_apply(cfg, a valid command, its canonical url) -> the CaptureResult: the artifact
--- upsert and the subspace assignment of _ingest (SPEC §4, §5), for a command that passed the
--- shape and idempotency checks. Writes neither the ledger row nor the signal (the callers do).
--- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION capture._typed_apply(
-    cfg capture.ingest_config,
-    p_command_id uuid,
-    p_user_id uuid,
-    p_url text,
-    p_title text,
-    p_embedding vector,
-    p_depth double precision,
-    p_occurred timestamptz,
-    p_canonical text
+    command_ids uuid[],
+    user_ids uuid[],
+    urls text[],
+    titles text[],
+    embeddings vector[],
+    reading_depths double precision[],
+    occurred_ats timestamptz[]
 ) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
-    v_artifact_id uuid := md5('artifact:' || p_user_id || ':' || p_canonical)::uuid;
-    v_signal_lvl  capture.engagement_level := capture._signal_level(cfg, p_depth);
+    v_n           integer := cardinality(command_ids);
+    v_results     jsonb[] := '{}';
+    v_result      jsonb;
+    v_canonical   text[];
+    v_problems    text[];
+    v_hash        uuid[];
+    v_levels      capture.engagement_level[];
+    v_stored      uuid[];
+    v_stored_res  jsonb[];
+    v_seen        jsonb := '{}';  -- command_id -> index of the element that took it here
+    v_j           integer;
+    v_new         integer[] := '{}';  -- the elements applied here: their ledger and signal rows
+    v_count       bigint;
+    i             integer;
+    -- One command's artifact and subspace (as in _ingest):
+    p_command_id  uuid;
+    p_user_id     uuid;
+    p_embedding   vector;
+    p_occurred    timestamptz;
+    v_artifact_id uuid;
+    v_signal_lvl  capture.engagement_level;
     v_created     boolean;
     v_prev        capture.engagement_level;
     v_level       capture.engagement_level;
     v_subspace_id uuid;
-    v_sub_created boolean := false;
+    v_sub_created boolean;
     v_margin      double precision;
     v_runner_up   uuid;
-    v_n           integer := 0;
+    v_cnt         integer;
     v_best_id     uuid;
     v_best        double precision;
     v_second_id   uuid;
     v_second      double precision;
     v_row         record;
 BEGIN
-    SELECT a.engagement_level, a.subspace_id, a.assignment_margin, a.runner_up_subspace_id
-    INTO v_prev, v_subspace_id, v_margin, v_runner_up
-    FROM capture.artifacts a WHERE a.artifact_id = v_artifact_id;
-    v_created := NOT FOUND;
+    -- Order-free work for the whole batch at once (the users' locks are held: their ledger
+    -- rows cannot change under us; another user's same command_id is caught when writing).
+    -- The shape checks repeat _ingest's, in its order and with its messages, so that both
+    -- paths name the same first problem: SQLSTATE (5 characters) then the message.
+    SELECT array_agg(t.canonical ORDER BY t.ord),
+           array_agg(CASE
+               WHEN t.cid IS NULL THEN '23502command_id: required'
+               WHEN t.uid IS NULL THEN '23502user_id: required'
+               WHEN t.url IS NULL THEN '23502url: required'
+               WHEN t.emb IS NULL THEN '23502embedding: required'
+               WHEN t.depth IS NULL THEN '23502reading_depth: required'
+               WHEN t.occ IS NULL THEN '23502occurred_at: required'
+               WHEN cfg.embedding_dim IS NOT NULL AND vector_dims(t.emb) <> cfg.embedding_dim
+                   THEN '22023' || format('embedding: expected %s dimensions, got %s',
+                                          cfg.embedding_dim, vector_dims(t.emb))
+               WHEN char_length(t.url) > 2048
+                   THEN '22001' || format('url: at most 2048 characters, got %s',
+                                          char_length(t.url))
+               WHEN t.url !~* '^https?://' OR t.url ~ '[[:space:][:cntrl:]]'
+                   THEN '22023url: must be an http(s) URL without whitespace'
+               WHEN t.canonical !~* '^https?://[^/?#:]' THEN '22023url: must have a host'
+               WHEN char_length(t.title) > 512
+                   THEN '22001' || format('title: at most 512 characters, got %s',
+                                          char_length(t.title))
+               WHEN vector_norm(t.emb) = 0 THEN '22023embedding: must not be all zero'
+               WHEN NOT (t.depth >= 0 AND t.depth <= 1.5)
+                   THEN '22003' || format('reading_depth: must be between 0.0 and 1.5, got %s',
+                                          t.depth)
+               END ORDER BY t.ord),
+           -- The same payload hash as _ingest: the ledger of one path serves the other.
+           array_agg(md5(
+               convert_to(jsonb_build_array(t.cid, t.uid, t.url, t.title,
+                                            extract(epoch FROM t.occ), 1)::text, 'UTF8')
+               || float8send(t.depth) || vector_send(t.emb))::uuid ORDER BY t.ord),
+           array_agg(CASE
+               WHEN t.depth >= cfg.deep THEN 'deep'
+               WHEN t.depth >= cfg.read THEN 'read'
+               WHEN t.depth >= cfg.skimmed THEN 'skimmed'
+               ELSE 'captured' END::capture.engagement_level ORDER BY t.ord),
+           array_agg(l.payload_hash ORDER BY t.ord),
+           array_agg(l.result ORDER BY t.ord)
+    INTO v_canonical, v_problems, v_hash, v_levels, v_stored, v_stored_res
+    FROM (SELECT u.*, capture.canonical_url(u.url) AS canonical
+          FROM unnest(command_ids, user_ids, urls, titles, embeddings, reading_depths,
+                      occurred_ats) WITH ORDINALITY AS u(cid, uid, url, title, emb, depth, occ, ord)
+          OFFSET 0) t  -- OFFSET 0: canonical_url once per command, not once per use
+    LEFT JOIN capture.command_ledger l ON l.command_id = t.cid;
 
-    IF NOT v_created THEN
-        v_level := greatest(v_prev, v_signal_lvl);
-        UPDATE capture.artifacts SET
-            engagement_level = v_level,
-            signal_count = signal_count + 1,
-            title = coalesce(p_title, title),
-            last_occurred_at = greatest(last_occurred_at, p_occurred)
-        WHERE artifact_id = v_artifact_id;
-    ELSE
-        v_level := v_signal_lvl;
-        FOR v_row IN
-            SELECT s.subspace_id AS id,
-                   coalesce(nullif(1 - (s.centroid_sum <=> p_embedding), 'NaN'::float8), 0) AS sim
-            FROM capture.subspaces s WHERE s.user_id = p_user_id
-        LOOP
-            v_n := v_n + 1;
-            IF v_best_id IS NULL OR v_row.sim > v_best OR (v_row.sim = v_best AND v_row.id < v_best_id) THEN
-                v_second_id := v_best_id; v_second := v_best;
-                v_best_id := v_row.id; v_best := v_row.sim;
-            ELSIF v_second_id IS NULL OR v_row.sim > v_second OR (v_row.sim = v_second AND v_row.id < v_second_id) THEN
-                v_second_id := v_row.id; v_second := v_row.sim;
-            END IF;
-        END LOOP;
-
-        IF v_n = 0 OR (v_best < cfg.join_threshold AND v_n < cfg.max_per_user) THEN
-            v_subspace_id := md5('subspace:' || v_artifact_id)::uuid;
-            v_sub_created := true;
-            INSERT INTO capture.subspaces (subspace_id, user_id, founding_artifact_id, centroid_sum,
-                                           member_count, created_at)
-            VALUES (v_subspace_id, p_user_id, v_artifact_id, p_embedding, 1, p_occurred);
-            v_margin := 1.0 - v_best;
-            v_runner_up := v_best_id;
-        ELSE
-            v_subspace_id := v_best_id;
-            UPDATE capture.subspaces SET centroid_sum = centroid_sum + p_embedding,
-                                         member_count = member_count + 1
-            WHERE subspace_id = v_subspace_id;
-            v_margin := v_best - v_second;
-            v_runner_up := v_second_id;
+    FOR i IN 1 .. v_n LOOP
+        p_command_id := command_ids[i];
+        IF v_problems[i] IS NOT NULL THEN
+            v_results := array_append(v_results, capture._refusal(p_command_id, 'constraint',
+                substr(v_problems[i], 6), left(v_problems[i], 5)));
+            CONTINUE;
         END IF;
+        v_j := (v_seen->>(p_command_id::text))::integer;
+        IF v_j IS NOT NULL OR v_stored[i] IS NOT NULL THEN
+            -- Processed before: earlier in this batch, or in the ledger.
+            IF v_hash[i] = coalesce(v_hash[v_j], v_stored[i]) THEN
+                v_result := coalesce(v_results[v_j], v_stored_res[i]);
+            ELSE
+                v_result := capture._refusal(p_command_id, 'conflict',
+                    format('command_id %s: already processed with a different payload',
+                           p_command_id),
+                    'CW409');
+            END IF;
+        ELSE
+            -- A new command: the artifact upsert and the subspace assignment of _ingest.
+            p_user_id := user_ids[i];
+            p_embedding := embeddings[i];
+            p_occurred := occurred_ats[i];
+            v_signal_lvl := v_levels[i];
+            v_artifact_id := md5('artifact:' || p_user_id || ':' || v_canonical[i])::uuid;
+            v_sub_created := false;
+            SELECT a.engagement_level, a.subspace_id, a.assignment_margin, a.runner_up_subspace_id
+            INTO v_prev, v_subspace_id, v_margin, v_runner_up
+            FROM capture.artifacts a WHERE a.artifact_id = v_artifact_id;
+            v_created := NOT FOUND;
 
-        INSERT INTO capture.artifacts (artifact_id, user_id, canonical_url, url, title, embedding,
-                                       engagement_level, signal_count, subspace_id,
-                                       assignment_margin, runner_up_subspace_id,
-                                       first_occurred_at, last_occurred_at)
-        VALUES (v_artifact_id, p_user_id, p_canonical, p_url, p_title, p_embedding,
-                v_level, 1, v_subspace_id, v_margin, v_runner_up, p_occurred, p_occurred);
+            IF NOT v_created THEN
+                v_level := greatest(v_prev, v_signal_lvl);
+                UPDATE capture.artifacts SET
+                    engagement_level = v_level,
+                    signal_count = signal_count + 1,
+                    title = coalesce(titles[i], title),
+                    last_occurred_at = greatest(last_occurred_at, p_occurred)
+                WHERE artifact_id = v_artifact_id;
+            ELSE
+                v_level := v_signal_lvl;
+                v_cnt := 0;
+                v_best_id := NULL; v_best := NULL; v_second_id := NULL; v_second := NULL;
+                FOR v_row IN
+                    SELECT s.subspace_id AS id,
+                           coalesce(nullif(1 - (s.centroid_sum <=> p_embedding), 'NaN'::float8), 0)
+                               AS sim
+                    FROM capture.subspaces s WHERE s.user_id = p_user_id
+                LOOP
+                    v_cnt := v_cnt + 1;
+                    IF v_best_id IS NULL OR v_row.sim > v_best
+                       OR (v_row.sim = v_best AND v_row.id < v_best_id) THEN
+                        v_second_id := v_best_id; v_second := v_best;
+                        v_best_id := v_row.id; v_best := v_row.sim;
+                    ELSIF v_second_id IS NULL OR v_row.sim > v_second
+                          OR (v_row.sim = v_second AND v_row.id < v_second_id) THEN
+                        v_second_id := v_row.id; v_second := v_row.sim;
+                    END IF;
+                END LOOP;
+
+                IF v_cnt = 0 OR (v_best < cfg.join_threshold AND v_cnt < cfg.max_per_user) THEN
+                    v_subspace_id := md5('subspace:' || v_artifact_id)::uuid;
+                    v_sub_created := true;
+                    INSERT INTO capture.subspaces (subspace_id, user_id, founding_artifact_id,
+                                                   centroid_sum, member_count, created_at)
+                    VALUES (v_subspace_id, p_user_id, v_artifact_id, p_embedding, 1, p_occurred);
+                    v_margin := 1.0 - v_best;
+                    v_runner_up := v_best_id;
+                ELSE
+                    v_subspace_id := v_best_id;
+                    UPDATE capture.subspaces SET centroid_sum = centroid_sum + p_embedding,
+                                                 member_count = member_count + 1
+                    WHERE subspace_id = v_subspace_id;
+                    v_margin := v_best - v_second;
+                    v_runner_up := v_second_id;
+                END IF;
+
+                INSERT INTO capture.artifacts (artifact_id, user_id, canonical_url, url, title,
+                                               embedding, engagement_level, signal_count,
+                                               subspace_id, assignment_margin,
+                                               runner_up_subspace_id, first_occurred_at,
+                                               last_occurred_at)
+                VALUES (v_artifact_id, p_user_id, v_canonical[i], urls[i], titles[i], p_embedding,
+                        v_level, 1, v_subspace_id, v_margin, v_runner_up, p_occurred, p_occurred);
+            END IF;
+
+            v_result := jsonb_build_object(
+                'event_id', md5('capture.result:' || p_command_id)::uuid,
+                'command_id', p_command_id,
+                'user_id', p_user_id,
+                'status', 'ingested',
+                'artifact_id', v_artifact_id,
+                'artifact_created', v_created,
+                'engagement_level', v_level,
+                'previous_engagement_level', v_prev,
+                'subspace_id', v_subspace_id,
+                'subspace_created', v_sub_created,
+                'assignment_margin', v_margin::numeric,
+                'runner_up_subspace_id', v_runner_up,
+                'processed_at', to_char(clock_timestamp() AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                'error', NULL,
+                'schema_version', 1);
+            v_new := array_append(v_new, i);
+        END IF;
+        IF v_j IS NULL AND v_result->'error' = 'null'::jsonb THEN
+            v_seen := v_seen || jsonb_build_object(p_command_id::text, i);
+        END IF;
+        v_results := array_append(v_results, v_result);
+    END LOOP;
+
+    -- A concurrent transaction of another user may hold one of these command_ids uncommitted
+    -- (the lookup could not see it): the one refusal found only while writing. Raising aborts
+    -- the whole call; the caller repeats it isolated (see the header).
+    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
+    SELECT command_ids[k], user_ids[k], v_hash[k], v_results[k],
+           (v_results[k]->>'processed_at')::timestamptz
+    FROM unnest(v_new) AS n(k)
+    ON CONFLICT (command_id) DO NOTHING;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count <> cardinality(v_new) THEN
+        RAISE EXCEPTION 'command_id: one of this batch was processed concurrently with a different payload'
+            USING ERRCODE = 'CW409';
     END IF;
+    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
+                                 occurred_at)
+    SELECT command_ids[k], (v_results[k]->>'artifact_id')::uuid, user_ids[k], reading_depths[k],
+           v_levels[k], occurred_ats[k]
+    FROM unnest(v_new) AS n(k);
 
-    RETURN jsonb_build_object(
-        'event_id', md5('capture.result:' || p_command_id)::uuid,
-        'command_id', p_command_id,
-        'user_id', p_user_id,
-        'status', 'ingested',
-        'artifact_id', v_artifact_id,
-        'artifact_created', v_created,
-        'engagement_level', v_level,
-        'previous_engagement_level', v_prev,
-        'subspace_id', v_subspace_id,
-        'subspace_created', v_sub_created,
-        'assignment_margin', v_margin::numeric,
-        'runner_up_subspace_id', v_runner_up,
-        'processed_at', to_char(clock_timestamp() AT TIME ZONE 'UTC',
-                                'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-        'error', NULL,
-        'schema_version', 1);
+    RETURN to_jsonb(v_results);
 END;
 $$;
 
@@ -236,75 +275,15 @@ AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- _ingest_typed(cfg, fields...) -> one command with everything of _ingest: the CaptureResult,
--- or the error element of a refused command (which wrote nothing). Raises when a write fails
--- (e.g. CW409 from a concurrent claim of its command_id). The isolated path calls it inside a
--- subtransaction per command. The caller holds the user's lock.
--- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION capture._ingest_typed(
-    cfg capture.ingest_config,
-    p_command_id uuid,
-    p_user_id uuid,
-    p_url text,
-    p_title text,
-    p_embedding vector,
-    p_depth double precision,
-    p_occurred timestamptz
-) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, capture, extensions, public, pg_temp
-AS $$
-DECLARE
-    v_canonical   text := capture.canonical_url(p_url);
-    v_problem     record;
-    v_hash        uuid;
-    v_stored_hash uuid;
-    v_result      jsonb;
-BEGIN
-    v_problem := capture._typed_problem(cfg, p_command_id, p_user_id, p_url, p_title,
-                                        p_embedding, p_depth, p_occurred, v_canonical);
-    IF v_problem.sqlstate IS NOT NULL THEN
-        RETURN capture._refusal(p_command_id, 'constraint', v_problem.message, v_problem.sqlstate);
-    END IF;
-    v_hash := capture._typed_hash(p_command_id, p_user_id, p_url, p_title, p_embedding,
-                                  p_depth, p_occurred);
-    SELECT l.payload_hash, l.result INTO v_stored_hash, v_result
-    FROM capture.command_ledger l WHERE l.command_id = p_command_id;
-    IF FOUND THEN
-        IF v_stored_hash = v_hash THEN
-            RETURN v_result;
-        END IF;
-        RETURN capture._refusal(p_command_id, 'conflict',
-            format('command_id %s: already processed with a different payload', p_command_id),
-            'CW409');
-    END IF;
-
-    v_result := capture._typed_apply(cfg, p_command_id, p_user_id, p_url, p_title, p_embedding,
-                                     p_depth, p_occurred, v_canonical);
-    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
-    VALUES (p_command_id, p_user_id, v_hash, v_result, (v_result->>'processed_at')::timestamptz)
-    ON CONFLICT (command_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'command_id %: already processed with a different payload', p_command_id
-            USING ERRCODE = 'CW409';
-    END IF;
-    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
-                                 occurred_at)
-    VALUES (p_command_id, (v_result->>'artifact_id')::uuid, p_user_id, p_depth,
-            capture._signal_level(cfg, p_depth), p_occurred);
-    RETURN v_result;
-END;
-$$;
-
--- ---------------------------------------------------------------------------------------------
 -- ingest_typed(arrays of equal length, isolate) -> jsonb array, same order, one element per
 -- command, exactly as ingest_batch returns them (a CaptureResult, or an error element).
 --
 -- isolate => false (the common case): no subtransaction; a refused command is an error element
 -- and wrote nothing, the others commit. An unexpected write failure raises (class 22/23 or
 -- CW409) and nothing of the call is committed: call again with isolate => true.
--- isolate => true: each command in its own subtransaction, like ingest_batch.
--- Any other error (deadlock, lock timeout, lost connection) aborts the call: retry it.
+-- isolate => true: each command in its own subtransaction (the same code, one command at a
+-- time), like ingest_batch. Any other error (deadlock, lock timeout, lost connection) aborts
+-- the call: retry it.
 -- ---------------------------------------------------------------------------------------------
 CREATE FUNCTION capture.ingest_typed(
     command_ids uuid[],
@@ -320,21 +299,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, capture, extensions, public, pg_temp
 AS $$
 DECLARE
-    v_cfg        capture.ingest_config := capture._ingest_config();
-    v_n          integer := coalesce(cardinality(command_ids), 0);
-    v_key        bigint;
-    v_results    jsonb[] := '{}';
-    v_result     jsonb;
-    v_canonical  text[];
-    v_hash       uuid[];
-    v_stored     uuid[];
-    v_stored_res jsonb[];
-    v_problem    record;
-    v_seen       jsonb := '{}';  -- command_id -> index of the element that took it here
-    v_j          integer;
-    v_new        integer[] := '{}';  -- the elements applied here: their ledger and signal rows
-    v_count      bigint;
-    i            integer;
+    v_cfg     capture.ingest_config := capture._ingest_config();
+    v_n       integer := coalesce(cardinality(command_ids), 0);
+    v_key     bigint;
+    v_results jsonb[] := '{}';
+    v_result  jsonb;
+    i         integer;
 BEGIN
     IF coalesce(cardinality(user_ids), 0) <> v_n OR coalesce(cardinality(urls), 0) <> v_n
        OR coalesce(cardinality(titles), 0) <> v_n OR coalesce(cardinality(embeddings), 0) <> v_n
@@ -342,6 +312,9 @@ BEGIN
        OR coalesce(cardinality(occurred_ats), 0) <> v_n THEN
         RAISE EXCEPTION 'ingest_typed: the arrays must all have % elements', v_n
             USING ERRCODE = '22023';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN '[]'::jsonb;
     END IF;
 
     -- All the batch's user locks up front, in one global order (as ingest_batch does).
@@ -352,97 +325,35 @@ BEGIN
         PERFORM pg_advisory_xact_lock(v_key);
     END LOOP;
 
-    IF isolate THEN
-        FOR i IN 1 .. v_n LOOP
-            BEGIN
-                v_result := capture._ingest_typed(v_cfg, command_ids[i], user_ids[i], urls[i],
-                    titles[i], embeddings[i], reading_depths[i], occurred_ats[i]);
-            EXCEPTION WHEN data_exception OR integrity_constraint_violation OR SQLSTATE 'CW409' THEN
-                v_result := capture._refusal(command_ids[i],
-                    CASE WHEN SQLSTATE = 'CW409' THEN 'conflict' ELSE 'constraint' END,
-                    SQLERRM, SQLSTATE);
-            END;
-            v_results := array_append(v_results, v_result);
-        END LOOP;
-        RETURN to_jsonb(v_results);
+    IF NOT isolate THEN
+        RETURN capture._typed_batch(v_cfg, command_ids, user_ids, urls, titles, embeddings,
+                                    reading_depths, occurred_ats);
     END IF;
-
-    -- Order-free work for the whole batch at once (the locks are held: the ledger rows of
-    -- these users cannot change under us; another user's same command_id is caught below).
-    SELECT array_agg(capture.canonical_url(t.url) ORDER BY t.ord),
-           array_agg(capture._typed_hash(t.cid, t.uid, t.url, t.title, t.emb, t.depth, t.occ)
-                     ORDER BY t.ord),
-           array_agg(l.payload_hash ORDER BY t.ord),
-           array_agg(l.result ORDER BY t.ord)
-    INTO v_canonical, v_hash, v_stored, v_stored_res
-    FROM unnest(command_ids, user_ids, urls, titles, embeddings, reading_depths, occurred_ats)
-         WITH ORDINALITY AS t(cid, uid, url, title, emb, depth, occ, ord)
-    LEFT JOIN capture.command_ledger l ON l.command_id = t.cid;
-
     FOR i IN 1 .. v_n LOOP
-        v_problem := capture._typed_problem(v_cfg, command_ids[i], user_ids[i], urls[i],
-            titles[i], embeddings[i], reading_depths[i], occurred_ats[i], v_canonical[i]);
-        IF v_problem.sqlstate IS NOT NULL THEN
-            v_result := capture._refusal(command_ids[i], 'constraint', v_problem.message,
-                                         v_problem.sqlstate);
-        ELSE
-            v_j := (v_seen->>(command_ids[i]::text))::integer;
-            IF v_j IS NOT NULL OR v_stored[i] IS NOT NULL THEN
-                -- Processed before: earlier in this batch, or in the ledger.
-                IF v_hash[i] = coalesce(v_hash[v_j], v_stored[i]) THEN
-                    v_result := coalesce(v_results[v_j], v_stored_res[i]);
-                ELSE
-                    v_result := capture._refusal(command_ids[i], 'conflict',
-                        format('command_id %s: already processed with a different payload',
-                               command_ids[i]),
-                        'CW409');
-                END IF;
-            ELSE
-                v_result := capture._typed_apply(v_cfg, command_ids[i], user_ids[i], urls[i],
-                    titles[i], embeddings[i], reading_depths[i], occurred_ats[i], v_canonical[i]);
-                v_new := array_append(v_new, i);
-            END IF;
-            IF v_j IS NULL AND v_result->'error' = 'null'::jsonb THEN
-                v_seen := v_seen || jsonb_build_object(command_ids[i]::text, i);
-            END IF;
-        END IF;
+        BEGIN
+            v_result := capture._typed_batch(v_cfg, ARRAY[command_ids[i]], ARRAY[user_ids[i]],
+                ARRAY[urls[i]], ARRAY[titles[i]], ARRAY[embeddings[i]], ARRAY[reading_depths[i]],
+                ARRAY[occurred_ats[i]])->0;
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation OR SQLSTATE 'CW409' THEN
+            v_result := capture._refusal(command_ids[i],
+                CASE WHEN SQLSTATE = 'CW409' THEN 'conflict' ELSE 'constraint' END,
+                CASE WHEN SQLSTATE = 'CW409'
+                     THEN format('command_id %s: already processed with a different payload',
+                                 command_ids[i])
+                     ELSE SQLERRM END,
+                SQLSTATE);
+        END;
         v_results := array_append(v_results, v_result);
     END LOOP;
-
-    -- A concurrent transaction of another user may hold one of these command_ids uncommitted
-    -- (the lookup could not see it): the one refusal found only while writing. Raising aborts
-    -- the whole call; the caller repeats it isolated (see the header).
-    INSERT INTO capture.command_ledger (command_id, user_id, payload_hash, result, processed_at)
-    SELECT command_ids[k], user_ids[k], v_hash[k], v_results[k],
-           (v_results[k]->>'processed_at')::timestamptz
-    FROM unnest(v_new) AS n(k)
-    ON CONFLICT (command_id) DO NOTHING;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count <> cardinality(v_new) THEN
-        RAISE EXCEPTION 'ingest_typed: a command_id of this batch was claimed concurrently'
-            USING ERRCODE = 'CW409';
-    END IF;
-    INSERT INTO capture.signals (signal_id, artifact_id, user_id, reading_depth, engagement_level,
-                                 occurred_at)
-    SELECT command_ids[k], (v_results[k]->>'artifact_id')::uuid, user_ids[k], reading_depths[k],
-           capture._signal_level(v_cfg, reading_depths[k]), occurred_ats[k]
-    FROM unnest(v_new) AS n(k);
-
     RETURN to_jsonb(v_results);
 END;
 $$;
 
 -- Functions are executable by PUBLIC by default: only the worker gets the entry point.
 REVOKE ALL ON FUNCTION
-    capture._typed_problem(capture.ingest_config, uuid, uuid, text, text, vector,
-                           double precision, timestamptz, text),
-    capture._typed_hash(uuid, uuid, text, text, vector, double precision, timestamptz),
-    capture._signal_level(capture.ingest_config, double precision),
-    capture._typed_apply(capture.ingest_config, uuid, uuid, text, text, vector,
-                         double precision, timestamptz, text),
+    capture._typed_batch(capture.ingest_config, uuid[], uuid[], text[], text[], vector[],
+                         double precision[], timestamptz[]),
     capture._refusal(uuid, text, text, text),
-    capture._ingest_typed(capture.ingest_config, uuid, uuid, text, text, vector,
-                          double precision, timestamptz),
     capture.ingest_typed(uuid[], uuid[], text[], text[], vector[], double precision[],
                          timestamptz[], boolean)
 FROM PUBLIC;
