@@ -15,8 +15,11 @@ import asyncpg
 import numpy as np
 import pytest
 
+from contracts import CaptureArtifactCommand
 from tests.fixtures.database import TemplateDatabase, WorkerLogin
 from tests.integration.db.support import DIM, as_json, command, new_id, unit
+from worker.application.capture import ingest_command
+from worker.application.ports import IngestCommand
 from worker.domain.errors import TransientError
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.migrations import apply_migrations
@@ -229,3 +232,44 @@ async def test_migrating_a_used_database_to_0004_keeps_its_state_and_digest(
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
     assert digests[0] == digests[1]
+
+
+def _typed(cmd: dict[str, Any]) -> IngestCommand:
+    return ingest_command(
+        CaptureArtifactCommand.model_validate_json(as_json(cmd), context={"embedding_dim": DIM})
+    )
+
+
+@pytest.mark.parametrize("level", ["repeatable_read", "serializable"])
+async def test_the_typed_ingest_is_refused_outside_read_committed_too(
+    pool: asyncpg.Pool, level: str
+) -> None:
+    cmd = command(user_id=new_id(), url="https://example.com/iso-typed", embedding=[1.0] * DIM)
+    async with pool.acquire() as conn:
+        with pytest.raises(TransientError, match="ingest_typed must run in READ COMMITTED"):
+            async with conn.transaction(isolation=level):
+                await ArtifactRepository(_single(conn)).ingest_commands([_typed(cmd)])
+
+
+async def test_the_typed_ingest_rescales_large_sums_as_the_reference_does(
+    one_subspace_pool: asyncpg.Pool,
+) -> None:
+    user = new_id()
+    big = [0.0] * DIM
+    big[0], big[1] = FLT_MAX, -FLT_MAX / 2
+    commands = [
+        command(user_id=user, url=f"https://example.com/typed-big/{i}", embedding=big)
+        for i in range(5)
+    ]
+    results = await ArtifactRepository(one_subspace_pool).ingest_commands(
+        [_typed(c) for c in commands]
+    )
+    assert [r["status"] for r in results if isinstance(r, dict)] == ["ingested"] * 5, results
+    row = await one_subspace_pool.fetchrow(
+        "SELECT member_count, centroid_scale, centroid_sum::real[] AS s FROM capture.subspaces"
+        " WHERE user_id = $1",
+        user,
+    )
+    assert row["member_count"] == 5 and row["centroid_scale"] >= 3
+    s = np.array(row["s"], dtype=np.float64) * 2.0 ** row["centroid_scale"]
+    assert s[0] == pytest.approx(5 * FLT_MAX, rel=1e-6)

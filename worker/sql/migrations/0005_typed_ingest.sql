@@ -99,8 +99,10 @@ BEGIN
                WHEN char_length(t.url) > 2048
                    THEN '22001' || format('url: at most 2048 characters, got %s',
                                           char_length(t.url))
-               WHEN t.url !~* '^https?://' OR t.url ~ '[[:space:][:cntrl:]]'
-                   THEN '22023url: must be an http(s) URL without whitespace'
+               WHEN t.url !~* '^https?://' THEN '22023url: must be an http(s) URL'
+               -- 0004's explicit set (contracts.commands.URL_FORBIDDEN), not the locale's.
+               WHEN t.url ~ '[\x01-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]'
+                   THEN '22023url: must not contain whitespace or control characters'
                WHEN t.canonical !~* '^https?://[^/?#:]' THEN '22023url: must have a host'
                WHEN char_length(t.title) > 512
                    THEN '22001' || format('title: at most 512 characters, got %s',
@@ -199,9 +201,20 @@ BEGIN
                     v_runner_up := v_best_id;
                 ELSE
                     v_subspace_id := v_best_id;
+                    -- As _ingest (0004): the plain float32 addition while it cannot overflow,
+                    -- otherwise _centroid_plus rescales (see subspaces.centroid_scale).
                     UPDATE capture.subspaces SET centroid_sum = centroid_sum + p_embedding,
                                                  member_count = member_count + 1
-                    WHERE subspace_id = v_subspace_id;
+                    WHERE subspace_id = v_subspace_id AND centroid_scale = 0
+                      AND vector_norm(centroid_sum) + vector_norm(p_embedding) < 1e38;
+                    IF NOT FOUND THEN
+                        UPDATE capture.subspaces s SET (centroid_sum, centroid_scale) =
+                                (SELECT c.sum, c.new_scale
+                                 FROM capture._centroid_plus(s.centroid_sum, s.centroid_scale,
+                                                             p_embedding) c),
+                            member_count = member_count + 1
+                        WHERE s.subspace_id = v_subspace_id;
+                    END IF;
                     v_margin := v_best - v_second;
                     v_runner_up := v_second_id;
                 END IF;
@@ -306,6 +319,7 @@ DECLARE
     v_result  jsonb;
     i         integer;
 BEGIN
+    PERFORM capture._require_read_committed('capture.ingest_typed');
     IF coalesce(cardinality(user_ids), 0) <> v_n OR coalesce(cardinality(urls), 0) <> v_n
        OR coalesce(cardinality(titles), 0) <> v_n OR coalesce(cardinality(embeddings), 0) <> v_n
        OR coalesce(cardinality(reading_depths), 0) <> v_n
