@@ -33,6 +33,7 @@ from tests.fixtures.cluster import (
     leaders,
     wait_fully_replicated,
 )
+from tests.fixtures.database import WorkerLogin
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka_io import count, feed
 from tests.support.scenario import (
@@ -57,10 +58,13 @@ OUTAGE_S = 30.0
 
 
 async def _setup(
-    cluster: Cluster, fresh_database: Callable[[], Awaitable[str]], log_dir: Path
+    cluster: Cluster,
+    fresh_database: Callable[[], Awaitable[str]],
+    log_dir: Path,
+    login: WorkerLogin,
 ) -> WorkerSetup:
     names = await create_topics(cluster)
-    return cluster_setup(cluster, names, await fresh_database(), log_dir)
+    return cluster_setup(cluster, names, await fresh_database(), log_dir, login)
 
 
 async def _finish(
@@ -92,10 +96,11 @@ async def test_leader_of_the_busiest_partitions_sigkilled_and_back(
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
     tmp_path: Path,
+    worker_login: WorkerLogin,
 ) -> None:
     seed = 1510
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path)
+    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(3000, users=12, seed=seed).valid, rng)
@@ -135,10 +140,11 @@ async def test_one_node_down_30s_while_publishing(
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
     tmp_path: Path,
+    worker_login: WorkerLogin,
 ) -> None:
     seed = 1511
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path)
+    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(2500, users=12, seed=seed).valid, rng)
@@ -179,10 +185,11 @@ async def test_rolling_restart_while_three_workers_consume(
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
     tmp_path: Path,
+    worker_login: WorkerLogin,
 ) -> None:
     seed = 1512
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path)
+    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(4000, users=18, seed=seed).valid, rng)

@@ -33,6 +33,7 @@ from tests.fixtures.cluster import (
     cluster_setup,
     create_topics,
 )
+from tests.fixtures.database import WorkerLogin
 from tests.support.kafka_io import feed
 from tests.support.scenario import (
     Scenario,
@@ -100,6 +101,7 @@ async def test_soak(
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
     tmp_path: Path,
+    worker_login: WorkerLogin,
 ) -> None:
     plan = schedule(SEED, MINUTES)
     print(f"\nsoak: seed {SEED}, {MINUTES:g} min, {len(plan)} faults (SEED={SEED} replays it)")
@@ -108,7 +110,7 @@ async def test_soak(
 
     rng = random.Random(SEED)
     names = await create_topics(kafka_cluster)
-    setup = cluster_setup(kafka_cluster, names, await fresh_database(), tmp_path)
+    setup = cluster_setup(kafka_cluster, names, await fresh_database(), tmp_path, worker_login)
     topics = topics_of(setup)
     sent = Sent()
     commands = int(MINUTES * 60 * RATE_PER_S)
