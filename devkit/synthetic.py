@@ -374,3 +374,9 @@ def format_unit_rows(vectors: Vector) -> list[str]:
     keep[..., 3 : 3 + _DECIMALS] = np.arange(_DECIMALS) < kept_decimals[..., None]
     text = buf[keep].tobytes().decode("ascii")
     return text.split("\n")[:rows]
+
+
+def publish_lines(n: int, users: int, seed: int, dim: int) -> Iterator[str]:
+    """`publish --generate`'s source (entry point `capture_worker.generators`, name `synthetic`):
+    loading it imports numpy, so without the extra the worker says which one to install."""
+    return generate_lines(n, users=users, seed=seed, dim=dim)

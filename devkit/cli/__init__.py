@@ -8,7 +8,6 @@ command of the same name that says which extra to install.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 
 import typer
 from rich.markup import escape
@@ -33,13 +32,6 @@ def register(app: typer.Typer) -> None:
                 _missing(app, name, extra, exc)
             continue
         module.register(app)
-
-
-def synthetic_lines(n: int, users: int, seed: int, dim: int) -> Iterator[str]:
-    """`publish --generate`'s source (entry point `capture_worker.generators`: synthetic)."""
-    from devkit.synthetic import generate_lines  # noqa: PLC0415 (numpy is an extra)
-
-    return generate_lines(n, users=users, seed=seed, dim=dim)
 
 
 def _missing(app: typer.Typer, name: str, extra: str, exc: ImportError) -> None:

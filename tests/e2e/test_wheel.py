@@ -90,4 +90,16 @@ def test_the_wheel_migrates_and_digests_outside_the_checkout(
         timeout=120,
     )
     assert done.returncode != 0
-    assert "capture-worker[bench]" in done.stdout + done.stderr
+    assert "capture-worker[bench]" in " ".join((done.stdout + done.stderr).split())
+    done = subprocess.run(
+        [str(cli), "publish", "--generate", "3", "--output", "-"],
+        check=False,
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    # Rich wraps at the console's width: compare the words, not the line breaks.
+    assert "generator: pip install 'capture-worker[bench]'" in " ".join(done.stderr.split())
