@@ -74,7 +74,6 @@ class PartitionRunner:
         self._on_give_up = on_give_up
         self._on_stall = on_stall
         self._stopping = stopping or asyncio.Event()
-        self._last_error: BaseException = RuntimeError("no error yet")
 
     async def __call__(
         self, consumer: Any, tp: TopicPartition, records: list[Record]
@@ -91,7 +90,9 @@ class PartitionRunner:
             # A bug, not the message's fault, and not knowing which record caused it: handle
             # them one at a time so that only the culprit is retried and, at worst, set aside.
             self._internal_error(tp, records[0], exc, attempt=1, of_records=len(records))
-            rewound = await self._one_by_one(consumer, tp, records, failed_once=len(records) == 1)
+            # A batch of one has had its first attempt already.
+            first_error = exc if len(records) == 1 else None
+            rewound = await self._one_by_one(consumer, tp, records, first_error)
             if rewound is None:
                 observe_batch(len(records), started)
             return rewound
@@ -115,26 +116,33 @@ class PartitionRunner:
         return None
 
     async def _one_by_one(
-        self, consumer: Any, tp: TopicPartition, records: list[Record], *, failed_once: bool
+        self,
+        consumer: Any,
+        tp: TopicPartition,
+        records: list[Record],
+        first_error: BaseException | None,
     ) -> int | None:
         for index, record in enumerate(records):
-            rewound = await self._single(
-                consumer, tp, record, attempt=1 if failed_once and index == 0 else 0
-            )
+            rewound = await self._single(consumer, tp, record, first_error if index == 0 else None)
             if rewound is not None:
                 return rewound
         return None
 
     async def _single(
-        self, consumer: Any, tp: TopicPartition, record: Record, *, attempt: int
+        self, consumer: Any, tp: TopicPartition, record: Record, error: BaseException | None
     ) -> int | None:
-        """One record until it is processed, dead-lettered, or the partition must be rewound."""
+        """One record until it is processed, dead-lettered, or the partition must be rewound.
+
+        `error`: what its attempt so far raised (None: not tried on its own yet).
+        """
+        attempt = 0 if error is None else 1
         while True:
             if attempt:
                 if self.stop_on_internal_error and attempt >= self.internal_error_attempts:
                     return self._give_up(consumer, tp, record.offset, "internal error")
                 if attempt >= self.internal_error_attempts:
-                    return await self._dead_letter(consumer, tp, record)
+                    assert error is not None  # attempt > 0 only after an error
+                    return await self._dead_letter(consumer, tp, record, error)
                 if await self._wait(self.backoff.delay(attempt)):
                     offset: int = record.offset
                     rewind(consumer, tp, offset)  # stopping: the next owner redoes it
@@ -146,13 +154,15 @@ class PartitionRunner:
             except Exception as exc:
                 attempt += 1
                 self._internal_error(tp, record, exc, attempt=attempt, of_records=1)
-                self._last_error = exc
+                error = exc
                 continue
             self._on_stall(tp.topic, tp.partition, None)
             return self._settle(consumer, tp, [record], processed)
 
-    async def _dead_letter(self, consumer: Any, tp: TopicPartition, record: Record) -> int | None:
-        exc = self._last_error
+    async def _dead_letter(
+        self, consumer: Any, tp: TopicPartition, record: Record, exc: BaseException
+    ) -> int | None:
+        # The record's own last exception: the runner serves every partition at once.
         error = PermanentError(
             ErrorKind.INTERNAL,
             f"{type(exc).__name__}: {exc} (failed {self.internal_error_attempts} times)",
@@ -194,7 +204,6 @@ class PartitionRunner:
         attempt: int,
         of_records: int,
     ) -> None:
-        self._last_error = exc
         metrics.INTERNAL_ERRORS.inc()
         reason = f"internal error at offset {record.offset}: {type(exc).__name__}: {exc}"
         self._on_stall(tp.topic, tp.partition, reason)
