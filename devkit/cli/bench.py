@@ -17,12 +17,17 @@ dropped at the end, with one pre-generated command stream of N commands:
            is its result record's timestamp minus its own record's timestamp (both CreateTime).
   naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
            and wait for acks=all, commit; on the first `--naive-messages` records, to bound time.
+  peer     with `--peer debezium-jdbc`: the Debezium JDBC sink on Kafka Connect, fed the same
+           commands as Connect JSON, upserting one row per command into a table of the
+           command's shape (same HNSW index or none), with as many tasks as the worker has
+           partitions and with one; warmed up first (devkit/peer/debezium.py says how it is timed).
 
 b_kafka and e2e are timed the same way (start of consumption to the last result's timestamp),
 so their numbers compare. The e2e database must end in the state b_sql produced (same digest).
 Every timed phase starts after a sync(2), so none pays for the disk writes of the one before.
 With `--rounds R`, b_sql and e2e are measured R times, each e2e right after its own b_sql on
-fresh databases; the report gives medians, e2e/b_sql the median of the R paired ratios.
+fresh databases; the report gives medians, e2e/b_sql the median of the R paired ratios (and
+e2e/peer, the peer running between its round's b_sql and e2e).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from rich.table import Table
 
 from contracts import CaptureArtifactCommand
 from devkit import stack
+from devkit.peer import debezium as peer
 from devkit.synthetic import generate_lines
 from devkit.worker_process import WorkerExited, WorkerProcess, free_port
 from worker.application.capture import ingest_command
@@ -94,6 +100,15 @@ class BenchFormat(StrEnum):
     JSON = "json"
 
 
+class Peer(StrEnum):
+    NONE = "none"
+    DEBEZIUM_JDBC = "debezium-jdbc"
+
+
+#: Commands the peer's JVM handles before it is timed (JIT, consumer group, connection pool).
+PEER_WARMUP = 10_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class BenchOptions:
     messages: int = 20_000
@@ -105,6 +120,9 @@ class BenchOptions:
     naive_messages: int = 3000
     latency_seconds: float = 12.0
     rounds: int = 1
+    peer: Peer = Peer.NONE
+    #: Connect's tasks in each peer measurement; empty means (partitions, 1).
+    peer_tasks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +401,7 @@ async def _wait_for_count(
 async def _publish(
     settings: Settings,
     topic: str,
-    commands: Sequence[Command],
+    commands: Sequence[peer.Record],
     *,
     rate: float | None = None,
     on_progress: Callable[[int], None] = lambda _: None,
@@ -616,6 +634,77 @@ async def bench_naive(
     return rate
 
 
+async def bench_peer(
+    settings: Settings,
+    resources: Resources,
+    workload: PeerWorkload,
+    *,
+    tasks: int,
+    options: BenchOptions,
+    work_dir: Path,
+    phases: Phases,
+    label: str = "",
+) -> peer.PeerRun:
+    """One measurement of the Debezium JDBC sink, on its own database and topics."""
+    task = phases.start(f"peer     Debezium JDBC sink, {tasks} task(s){label}")
+    tag = f"peer{uuid.uuid4().hex[:6]}"
+    url = await resources.clone(tag)
+    topics = await resources.make_topics(f"{tag}-warmup", f"{tag}-commands")
+    try:
+        run = await peer.measure(
+            settings,
+            libs=workload.libs,
+            database_url=url,
+            topics=(topics[0], topics[1]),
+            warmup=workload.warmup,
+            commands=workload.commands,
+            tasks=tasks,
+            dim=options.dim,
+            index=options.index,
+            fetch_bytes=workload.fetch_bytes,
+            work_dir=work_dir / tag,
+            publish=lambda topic, records: _publish(settings, topic, records),
+            before_timing=settle,
+            on_progress=lambda done, total: phases.update(task, done, total),
+        )
+    except peer.PeerError as exc:
+        raise BenchError(f"peer: {exc}") from exc
+    finally:
+        await resources.drop(url)
+    phases.done(task, f"{run.per_s:,.0f}/s")
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class PeerWorkload:
+    libs: Path
+    warmup: list[peer.Encoded]
+    commands: list[peer.Encoded]
+    fetch_bytes: int
+
+
+def _peer_workload(
+    commands: Sequence[Command], options: BenchOptions, fetch_bytes: int
+) -> PeerWorkload:
+    warmup = commands_of(
+        list(
+            generate_lines(
+                min(PEER_WARMUP, options.messages),
+                users=options.users,
+                seed=options.seed + 2,
+                dim=options.dim,
+            )
+        )
+    )
+    return PeerWorkload(
+        libs=peer.ensure_libs(),
+        warmup=peer.encode(warmup, options.dim),
+        commands=peer.encode(commands, options.dim),
+        # A poll carries a whole sink batch of these records, schema included.
+        fetch_bytes=max(fetch_bytes, 8 * 2**20),
+    )
+
+
 # -- the whole run -----------------------------------------------------------------------------
 
 
@@ -683,10 +772,15 @@ class Round:
     e2e_per_s: float
     same_state: bool
     worker_peak_rss: int
+    #: The peer's rate by its number of tasks (empty without --peer).
+    peer_per_s: dict[int, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         return _ratio(self.e2e_per_s, self.b_sql_per_s)
+
+    def peer_ratio(self, tasks: int) -> float:
+        return _ratio(self.e2e_per_s, self.peer_per_s[tasks])
 
 
 async def run_bench(
@@ -728,6 +822,11 @@ async def run_bench(
             await resources.make_topics(f"results{r}", f"dlq{r}") for r in range(options.rounds)
         ]
         machine = await _machine(settings, sql_urls[0])
+        peer_tasks = options.peer_tasks or (partitions, 1)
+        workload = None
+        if options.peer is Peer.DEBEZIUM_JDBC:
+            phases.update(task, 0)
+            workload = await asyncio.to_thread(_peer_workload, commands, options, fetch_bytes)
         phases.done(task)
 
         def label(r: int) -> str:
@@ -783,6 +882,20 @@ async def run_bench(
                     raise BenchError("b_sql: two rounds ended in different database states")
                 b_sql = options.messages / sql_seconds
                 await resources.drop(sql_urls[r])
+            peer_rates: dict[int, float] = {}
+            if workload is not None:
+                for tasks in peer_tasks:
+                    measured = await bench_peer(
+                        settings,
+                        resources,
+                        workload,
+                        tasks=tasks,
+                        options=options,
+                        work_dir=Path(log_dir),
+                        phases=phases,
+                        label=label(r),
+                    )
+                    peer_rates[tasks] = measured.per_s
             results, dlq = e2e_topics[r]
             worker = WorkerProcess(
                 env={
@@ -809,7 +922,7 @@ async def run_bench(
                 worker, reader, total=options.messages, phases=phases, label=label(r)
             )
             same_state = await _digest(e2e_urls[r]) == sql_digest
-            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss))
+            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss, peer_rates))
             if r < options.rounds - 1:
                 await worker.stop()
                 await reader.stop()
@@ -876,10 +989,16 @@ async def run_bench(
                 "e2e_per_s": round(x.e2e_per_s, 1),
                 "e2e/b_sql": x.ratio,
                 "worker_peak_rss_mib": round(x.worker_peak_rss / 2**20, 1),
+                **(
+                    {"peer_per_s": {str(t): round(v, 1) for t, v in x.peer_per_s.items()}}
+                    if x.peer_per_s
+                    else {}
+                ),
             }
             for x in rounds
         ],
         "same_state": all(x.same_state for x in rounds),
+        "peer": _peer_report(options, rounds, peer_tasks) if workload else None,
         # The worker's largest RSS while the whole stream was waiting for it (e2e).
         "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
         "worker_settings": {
@@ -894,6 +1013,25 @@ async def run_bench(
         "machine": machine,
         "seconds": round(time.perf_counter() - began, 1),
         "run_id": resources.run_id,
+    }
+
+
+def _peer_report(
+    options: BenchOptions, rounds: Sequence[Round], tasks: Sequence[int]
+) -> dict[str, Any]:
+    return {
+        "name": "Debezium JDBC sink connector on Kafka Connect standalone",
+        "versions": {"debezium": peer.DEBEZIUM_VERSION, "connect": peer.CONNECT_VERSION},
+        "warmup_commands": min(PEER_WARMUP, options.messages),
+        "sink_batch": peer.SINK_BATCH,
+        # Rows, not commands: an upsert by command_id leaves one per distinct id.
+        "per_s": {
+            str(t): round(statistics.median(x.peer_per_s[t] for x in rounds), 1) for t in tasks
+        },
+        # Each round's e2e against the peer measured just before it, as for b_sql.
+        "e2e/peer": {
+            str(t): round(statistics.median(x.peer_ratio(t) for x in rounds), 3) for t in tasks
+        },
     }
 
 
@@ -926,12 +1064,35 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['naive_per_s']:,.0f}",
         f"one at a time ({report['naive_messages']:,} commands)",
     )
+    if report.get("peer"):
+        for tasks, rate in report["peer"]["per_s"].items():
+            table.add_row(
+                f"peer ({tasks} task{'s' if tasks != '1' else ''})",
+                f"{rate:,.0f}",
+                "Debezium JDBC sink on Connect, rows/s",
+            )
     console.print(table)
+    if report.get("peer"):
+        console.print(
+            "e2e/peer "
+            + ", ".join(
+                f"[bold]{ratio:.2f}[/] ({tasks} task{'s' if tasks != '1' else ''})"
+                for tasks, ratio in report["peer"]["e2e/peer"].items()
+            )
+            + f"   [dim]peer: Debezium {report['peer']['versions']['debezium']}, Connect "
+            f"{report['peer']['versions']['connect']}, batch {report['peer']['sink_batch']}, "
+            f"warmed on {report['peer']['warmup_commands']:,} commands[/]"
+        )
     if len(report["rounds"]) > 1:
         console.print(
             "rounds (b_sql → e2e): "
             + ", ".join(
                 f"{x['b_sql_per_s']:,.0f} → {x['e2e_per_s']:,.0f} ({x['e2e/b_sql']:.2f})"
+                + (
+                    " peer " + "/".join(f"{v:,.0f}" for v in x["peer_per_s"].values())
+                    if "peer_per_s" in x
+                    else ""
+                )
                 for x in report["rounds"]
             )
             + "; medians above"
@@ -995,6 +1156,23 @@ def register(app: typer.Typer) -> None:
                 "medians: on a shared machine one pair can be off by 10-20%.",
             ),
         ] = 1,
+        peer_name: Annotated[
+            Peer,
+            typer.Option(
+                "--peer",
+                help="Also measure this peer in every round: debezium-jdbc is the Debezium JDBC "
+                "sink on Kafka Connect (needs Java 17+ and Maven; its jars are fetched once).",
+            ),
+        ] = Peer.NONE,
+        peer_tasks: Annotated[
+            list[int] | None,
+            typer.Option(
+                "--peer-tasks",
+                min=1,
+                help="Connect tasks per peer measurement (repeat the option for several).",
+                show_default="the topic's partitions, then 1",
+            ),
+        ] = None,
         fmt: Annotated[
             BenchFormat,
             typer.Option("--format", help="A table, or one JSON object on the last line."),
@@ -1021,6 +1199,8 @@ def register(app: typer.Typer) -> None:
             naive_messages=naive_messages,
             latency_seconds=latency_seconds,
             rounds=rounds,
+            peer=peer_name,
+            peer_tasks=tuple(peer_tasks or ()),
         )
         try:
             report = asyncio.run(

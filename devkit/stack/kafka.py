@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -243,43 +244,56 @@ def libs_complete(libs: Path) -> bool:
 
 def ensure_libs(cache_dir: Path, version: str, progress: Progress = no_progress) -> Path:
     """The broker's jars in the cache, fetched with Maven unless a complete copy is there."""
-    libs = libs_dir(cache_dir, version)
+    return ensure_maven_libs(
+        libs_dir(cache_dir, version),
+        pom=POM,
+        properties={"kafka.version": version},
+        expected_jar=f"kafka_2.13-{version}.jar",
+        what=f"Kafka {version}",
+        progress=progress,
+    )
+
+
+def ensure_maven_libs(
+    libs: Path,
+    *,
+    pom: Path,
+    properties: Mapping[str, str],
+    expected_jar: str,
+    what: str,
+    progress: Progress = no_progress,
+) -> Path:
+    """The jars `pom` resolves, copied into `libs` once (Maven is run only when they're not)."""
     if libs_complete(libs):
         return libs
     with process.blocking_file_lock(libs.parent / ".lock"):  # one download per cache
         if libs_complete(libs):
             return libs
-        return _fetch_libs(libs, version, progress)
-
-
-def _fetch_libs(libs: Path, version: str, progress: Progress) -> Path:
-    mvn = find_mvn()
-    progress(f"kafka: fetching Kafka {version} jars with Maven (first run only)")
-    tmp = libs.with_name(f"libs.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    process.run(
-        [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(POM),
-            f"-Dkafka.version={version}",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-        ],
-        log_path=libs.parent / "maven.log",
-        what=f"mvn dependency:copy-dependencies (Kafka {version})",
-    )
-    jars = sorted(p.name for p in tmp.glob("*.jar"))
-    if f"kafka_2.13-{version}.jar" not in jars:
-        raise StackError(
-            f"Maven did not produce kafka_2.13-{version}.jar; see {libs.parent}/maven.log"
+        mvn = find_mvn()
+        progress(f"fetching the {what} jars with Maven (first run only)")
+        tmp = libs.with_name(f"libs.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        process.run(
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                *(f"-D{k}={v}" for k, v in properties.items()),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+            ],
+            log_path=libs.parent / "maven.log",
+            what=f"mvn dependency:copy-dependencies ({what})",
         )
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    (libs / _MARKER).write_text("\n".join(jars) + "\n")
-    return libs
+        jars = sorted(p.name for p in tmp.glob("*.jar"))
+        if expected_jar not in jars:
+            raise StackError(f"Maven did not produce {expected_jar}; see {libs.parent}/maven.log")
+        shutil.rmtree(libs, ignore_errors=True)
+        tmp.rename(libs)
+        (libs / _MARKER).write_text("\n".join(jars) + "\n")
+        return libs
 
 
 # -- configuration ---------------------------------------------------------------------------

@@ -1,0 +1,457 @@
+"""The bench's peer: the Debezium JDBC sink connector on Kafka Connect standalone.
+
+What a team would deploy instead of the worker: Connect reads the same commands (encoded as
+Connect JSON, with their schema), and the sink upserts one row per command, by `command_id`,
+into a table of the command's shape, the embedding as `vector(D)`, with or without the same
+HNSW index as `capture.artifacts`. It computes nothing: no ledger, no engagement, no subspace,
+no result event.
+
+Connect runs from the jars `files/pom.xml` resolves (cached like the broker's), every plugin on
+the classpath (`plugin.discovery=service_load`), one JVM per measurement, stopped at its end.
+The rate is the rows over the time from the connector's tasks RUNNING (Connect's REST API,
+polled) to the last row's `written_at`, a column the sink does not know about whose default is
+PostgreSQL's clock: the same "start consuming → last effect" span the worker's e2e is timed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from devkit.paths import cache_dir
+from devkit.stack import kafka as stack_kafka
+from devkit.stack import process
+from devkit.stack.kafka import KAFKA_VERSION
+from devkit.stack.model import Progress, no_progress
+from devkit.worker_process import free_port
+from worker.core.config import Settings
+
+DEBEZIUM_VERSION = "3.6.0.Final"
+#: Connect comes from the same release as the stack's broker.
+CONNECT_VERSION = KAFKA_VERSION
+FILES = Path(__file__).parent / "files"
+POM = FILES / "pom.xml"
+LOG4J2 = FILES / "log4j2.xml"
+TABLE = "peer_captures"
+HEAP = "1g"
+CONNECTOR = "capture-peer"
+#: The sink's statement batch, as the peer was measured with when the target was set.
+SINK_BATCH = 500
+READY_TIMEOUT_S = 120.0
+STALL_TIMEOUT_S = 120.0
+
+
+class PeerError(Exception):
+    """The peer could not be set up or did not finish; the message says why."""
+
+
+def ensure_libs(progress: Progress = no_progress) -> Path:
+    """Connect, the connector and their dependencies in the user cache (Maven, first run)."""
+    libs = cache_dir() / f"connect-{CONNECT_VERSION}-debezium-jdbc-{DEBEZIUM_VERSION}" / "libs"
+    return stack_kafka.ensure_maven_libs(
+        libs,
+        pom=POM,
+        properties={"kafka.version": CONNECT_VERSION, "debezium.version": DEBEZIUM_VERSION},
+        expected_jar=f"debezium-connector-jdbc-{DEBEZIUM_VERSION}.jar",
+        what=f"Debezium JDBC sink {DEBEZIUM_VERSION} + Connect {CONNECT_VERSION}",
+        progress=progress,
+    )
+
+
+# -- the records and the table ---------------------------------------------------------------
+
+
+def _field(field: str, kind: str, *, optional: bool = False, **extra: object) -> dict[str, object]:
+    return {"field": field, "type": kind, "optional": optional, **extra}
+
+
+def value_schema(dim: int) -> dict[str, object]:
+    """The Connect schema of a command, with the logical names the sink maps to column types."""
+    return {
+        "type": "struct",
+        "name": "capture.CaptureArtifactCommand",
+        "optional": False,
+        "fields": [
+            _field("command_id", "string", name="io.debezium.data.Uuid"),
+            _field("user_id", "string", name="io.debezium.data.Uuid"),
+            _field("url", "string"),
+            _field("title", "string", optional=True),
+            # The sink writes vector(D) for this name, given the source column's length.
+            _field(
+                "embedding",
+                "array",
+                items={"type": "double", "optional": False},
+                name="io.debezium.data.DoubleVector",
+                parameters={"__debezium.source.column.length": str(dim)},
+            ),
+            _field("reading_depth", "double"),
+            _field("occurred_at", "string", name="io.debezium.time.ZonedTimestamp"),
+            _field("schema_version", "int32"),
+        ],
+    }
+
+
+def connect_json(command: str, schema_json: str) -> str:
+    """A command as Connect JSON: its own text is the payload, field for field."""
+    return f'{{"schema":{schema_json},"payload":{command}}}'
+
+
+def table_ddl(dim: int, *, index: bool) -> list[str]:
+    statements = [
+        f"""CREATE TABLE public.{TABLE} (
+            command_id     uuid PRIMARY KEY,
+            user_id        uuid NOT NULL,
+            url            text NOT NULL,
+            title          text,
+            embedding      vector({dim}) NOT NULL,
+            reading_depth  double precision NOT NULL,
+            occurred_at    timestamptz NOT NULL,
+            schema_version integer NOT NULL,
+            written_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+        )"""
+    ]
+    if index:  # the definition of capture.artifacts_embedding_hnsw
+        statements.append(
+            f"CREATE INDEX {TABLE}_embedding_hnsw ON public.{TABLE} "
+            "USING hnsw (embedding vector_cosine_ops)"
+        )
+    return statements
+
+
+async def create_table(url: str, *, dim: int, index: bool) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in table_ddl(dim, index=index):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+# -- Connect's configuration ------------------------------------------------------------------
+
+
+def _jdbc(url: str) -> tuple[str, str, str]:
+    """(JDBC URL, user, password) of a postgresql:// URL."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 5432
+    database = parts.path.lstrip("/") or "postgres"
+    return (
+        f"jdbc:postgresql://{host}:{port}/{database}",
+        unquote(parts.username or "postgres"),
+        unquote(parts.password or ""),
+    )
+
+
+def _client_properties(settings: Settings) -> dict[str, str]:
+    protocol = settings.kafka_security_protocol
+    props: dict[str, str] = {"security.protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL") and settings.kafka_ssl_cafile:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = settings.kafka_ssl_cafile
+    if protocol.startswith("SASL"):
+        mechanism = settings.kafka_sasl_mechanism or "PLAIN"
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
+        password = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        )
+        props["sasl.mechanism"] = mechanism
+        props["sasl.jaas.config"] = (
+            f'{module} required username="{settings.kafka_sasl_username or ""}" '
+            f'password="{password}";'
+        )
+    return props
+
+
+def worker_properties(
+    settings: Settings, *, work_dir: Path, rest_port: int, fetch_bytes: int
+) -> dict[str, str]:
+    client = _client_properties(settings)
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **client,
+        **{f"consumer.{k}": v for k, v in client.items()},
+        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter.schemas.enable": "true",
+        "offset.storage.file.filename": str(work_dir / "offsets"),
+        "listeners": f"http://127.0.0.1:{rest_port}",
+        "plugin.discovery": "service_load",
+        # A poll must carry a whole sink batch of ~9 KB records (the default is 1 MiB).
+        "consumer.max.partition.fetch.bytes": str(fetch_bytes),
+        "consumer.max.poll.records": str(SINK_BATCH),
+        "consumer.auto.offset.reset": "earliest",
+    }
+
+
+def connector_properties(topic: str, database_url: str, *, tasks: int) -> dict[str, str]:
+    jdbc_url, user, password = _jdbc(database_url)
+    return {
+        "name": CONNECTOR,
+        "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
+        "tasks.max": str(tasks),
+        "topics": topic,
+        "connection.url": jdbc_url,
+        "connection.username": user,
+        "connection.password": password,
+        "insert.mode": "upsert",
+        "primary.key.mode": "record_value",
+        "primary.key.fields": "command_id",
+        "schema.evolution": "none",
+        "collection.name.format": TABLE,
+        "batch.size": str(SINK_BATCH),
+    }
+
+
+def _render(props: Mapping[str, str]) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+    return "".join(f"{k}={escape(v)}\n" for k, v in props.items())
+
+
+# -- the process ------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectStandalone:
+    """One Connect standalone JVM running one connector; `stop` ends it whatever its state."""
+
+    libs: Path
+    work_dir: Path
+    rest_port: int
+    pid: int | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "connect.log"
+
+    def start(self, worker: Mapping[str, str], connector: Mapping[str, str]) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        worker_file = self.work_dir / "worker.properties"
+        connector_file = self.work_dir / "connector.properties"
+        worker_file.write_text(_render(worker))
+        connector_file.write_text(_render(connector))
+        connector_file.chmod(0o600)  # it holds the database password
+        java = stack_kafka.check_java()
+        self.pid = process.spawn_detached(
+            [
+                java,
+                f"-Xmx{HEAP}",
+                f"-Xms{HEAP}",
+                "-XX:+UseG1GC",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={LOG4J2}",
+                "-cp",
+                f"{self.libs}/*",
+                "org.apache.kafka.connect.cli.ConnectStandalone",
+                str(worker_file),
+                str(connector_file),
+            ],
+            log_path=self.log_path,
+            cwd=self.work_dir,
+        )
+
+    def alive(self) -> None:
+        if not process.pid_alive(self.pid):
+            raise PeerError(f"Kafka Connect exited; see {self.log_path}:\n{self._tail()}")
+
+    def _tail(self) -> str:
+        return process.tail(self.log_path, 15)
+
+    def _rest(self, method: str, path: str) -> dict[str, Any] | None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.rest_port}/connectors/{CONNECTOR}{path}", method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback http)
+                body = response.read()
+        except (urllib.error.URLError, OSError):
+            return None
+        with contextlib.suppress(ValueError):
+            answer: dict[str, Any] = json.loads(body) if body else {}
+            return answer
+        return None
+
+    async def wait_state(self, state: str, tasks: int) -> None:
+        """Wait until the connector and all its `tasks` report `state` (RUNNING, PAUSED)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self.alive()
+            status = await asyncio.to_thread(self._rest, "GET", "/status") or {}
+            states = [t.get("state") for t in status.get("tasks", [])]
+            if "FAILED" in states:
+                raise PeerError(f"a connector task failed; see {self.log_path}:\n{self._tail()}")
+            connector = status.get("connector", {}).get("state")
+            if connector == state and len(states) == tasks and set(states) == {state}:
+                return
+            await asyncio.sleep(0.1)
+        raise PeerError(f"Connect's tasks were not {state} after {READY_TIMEOUT_S:.0f}s")
+
+    async def pause(self, tasks: int) -> None:
+        if await asyncio.to_thread(self._rest, "PUT", "/pause") is None:
+            raise PeerError("Connect refused to pause the connector")
+        await self.wait_state("PAUSED", tasks)
+
+    async def resume(self) -> None:
+        if await asyncio.to_thread(self._rest, "PUT", "/resume") is None:
+            raise PeerError("Connect refused to resume the connector")
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            process.terminate(self.pid, timeout=20, first_signal=signal.SIGTERM, what="Connect")
+            self.pid = None
+
+
+async def wait_rows(
+    url: str,
+    expected: int,
+    *,
+    connect: ConnectStandalone,
+    on_progress: Callable[[int], None] = lambda _: None,
+) -> float:
+    """Poll the row count until `expected`; returns the last row's written_at (epoch s)."""
+    conn = await asyncpg.connect(url)
+    try:
+        seen, last_change = -1, time.monotonic()
+        while True:
+            connect.alive()
+            count = int(await conn.fetchval(f"SELECT count(*) FROM public.{TABLE}"))
+            on_progress(count)
+            if count >= expected:
+                last = await conn.fetchval(
+                    f"SELECT extract(epoch FROM max(written_at)) FROM public.{TABLE}"
+                )
+                return float(last)
+            if count != seen:
+                seen, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > STALL_TIMEOUT_S:
+                raise PeerError(f"the sink stalled at {count} of {expected} rows")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def _truncate(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"TRUNCATE public.{TABLE}")
+    finally:
+        await conn.close()
+
+
+# -- one measurement ----------------------------------------------------------------------------
+
+
+class Record(Protocol):
+    @property
+    def command_id(self) -> str: ...
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    command_id: str
+    key: bytes
+    text: str
+
+
+def encode(commands: Sequence[Record], dim: int) -> list[Encoded]:
+    schema = json.dumps(value_schema(dim), separators=(",", ":"))
+    return [Encoded(c.command_id, c.key, connect_json(c.text, schema)) for c in commands]
+
+
+def distinct_ids(commands: Sequence[Record]) -> int:
+    """The rows an upsert by command_id leaves (a stream may repeat a command)."""
+    return len({c.command_id for c in commands})
+
+
+Publish = Callable[[str, Sequence[Encoded]], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRun:
+    tasks: int
+    rows: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+async def measure(
+    settings: Settings,
+    *,
+    libs: Path,
+    database_url: str,
+    topics: tuple[str, str],
+    warmup: Sequence[Encoded],
+    commands: Sequence[Encoded],
+    tasks: int,
+    dim: int,
+    index: bool,
+    fetch_bytes: int,
+    work_dir: Path,
+    publish: Publish,
+    before_timing: Callable[[], Awaitable[None]],
+    on_progress: Callable[[int, int], None] = lambda _done, _total: None,
+) -> PeerRun:
+    """The sink's rate on `commands`, its JVM warmed by `warmup` first.
+
+    `topics` are (warm-up, measured), both empty and subscribed from the start. The warm-up's
+    rows are written, the connector paused and the table emptied; then `commands` are
+    published, and the clock runs from the resume to the last row. A JIT compiler and a joined
+    consumer group are what a long-running Connect has; the worker gets neither for free.
+    """
+    await create_table(database_url, dim=dim, index=index)
+    warm_topic, topic = topics
+    await publish(warm_topic, warmup)
+    connect = ConnectStandalone(libs, work_dir, rest_port=free_port())
+    connect.start(
+        worker_properties(
+            settings, work_dir=work_dir, rest_port=connect.rest_port, fetch_bytes=fetch_bytes
+        ),
+        connector_properties(f"{warm_topic},{topic}", database_url, tasks=tasks),
+    )
+    try:
+        await connect.wait_state("RUNNING", tasks)
+        await wait_rows(database_url, distinct_ids(warmup), connect=connect)
+        await connect.pause(tasks)
+        await _truncate(database_url)
+        await publish(topic, commands)
+        expected = distinct_ids(commands)
+        await before_timing()
+        started = time.time()
+        await connect.resume()
+        last = await wait_rows(
+            database_url,
+            expected,
+            connect=connect,
+            on_progress=lambda n: on_progress(n, expected),
+        )
+    finally:
+        connect.stop()
+    return PeerRun(tasks=tasks, rows=expected, seconds=last - started)
