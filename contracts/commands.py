@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 from typing import Annotated
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -45,6 +47,44 @@ _UUID_TEXT = re.compile(
 # one of at most FLOAT32_ZERO rounds to zero.
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 FLOAT32_ZERO = 2.0**-150
+
+
+class Embedding(list[float]):
+    """A validated embedding: the numbers, and as `float32` the big-endian float4s they round
+    to (what pgvector stores), packed once while validating so nothing packs them again."""
+
+    __slots__ = ("float32",)
+
+    def __init__(self, numbers: list[float], float32: bytes) -> None:
+        super().__init__(numbers)
+        self.float32 = float32
+
+
+@functools.lru_cache(maxsize=8)
+def _float32_be(dim: int) -> tuple[struct.Struct, int]:
+    """The packer of `dim` float32s, and the mask of every number's bits but the sign."""
+    return struct.Struct(f">{dim}f"), int.from_bytes(b"\x7f\xff\xff\xff" * dim, "big")
+
+
+def pack_float32(numbers: list[float]) -> bytes:
+    """Big-endian float32s; OverflowError for a number that rounds to infinity."""
+    return _float32_be(len(numbers))[0].pack(*numbers)
+
+
+def float32_embedding(numbers: list[float]) -> Embedding:
+    """`numbers` with their float32 form; ValueError when one overflows float32 or all are zero.
+
+    struct refuses exactly the numbers that round to infinity in float32 (magnitude from
+    FLOAT32_OVERFLOW on); "all zero" is judged on the float32s (magnitude at most FLOAT32_ZERO
+    rounds to zero), with one big-integer AND instead of a pass over Python floats.
+    """
+    try:
+        packed = pack_float32(numbers)
+    except OverflowError:
+        raise ValueError("numbers must fit in float32 (magnitude below 3.4028235e38)") from None
+    if not int.from_bytes(packed, "big") & _float32_be(len(numbers))[1]:
+        raise ValueError("must not be all zero (as float32)")
+    return Embedding(numbers, packed)
 
 
 def parse_uuid(value: object) -> UUID:
@@ -157,14 +197,8 @@ class CaptureArtifactCommand(BaseModel):
         if len(value) != dim:
             raise ValueError(f"must have exactly {dim} numbers, got {len(value)}")
         # NaN, Infinity and 1e999 were refused item by item (`allow_inf_nan=False`). What is
-        # left is float32's range, as the database stores the numbers: max and min are two
-        # C-level passes (a Python loop cost half of a 384-number command's validation).
-        high, low = max(value), min(value)
-        if high >= FLOAT32_OVERFLOW or low <= -FLOAT32_OVERFLOW:
-            raise ValueError("numbers must fit in float32 (magnitude below 3.4028235e38)")
-        if high <= FLOAT32_ZERO and low >= -FLOAT32_ZERO:
-            raise ValueError("must not be all zero (as float32)")
-        return value
+        # left is float32's range, as the database stores the numbers.
+        return float32_embedding(value)
 
     @field_validator("schema_version", mode="before")
     @classmethod

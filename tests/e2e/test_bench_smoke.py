@@ -95,3 +95,60 @@ async def test_bench_reports_every_measure_as_one_json_object(
         await conn.close()
     assert left == []
     assert not [t for t in await kafka_admin.list_topics() if run_id in t]
+
+
+@pytest.mark.timeout(660)
+async def test_bench_measures_the_debezium_peer_beside_the_worker(
+    kafka_bootstrap: str, pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    """`--peer debezium-jdbc`: Kafka Connect runs the sink on the same commands, every row lands
+    (the phase waits for all of them), and the report pairs its rate with the worker's."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": pg_admin_url,
+        "CAPTURE_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "bench",
+        "--messages", "300",
+        "--naive-messages", "20",
+        "--latency-seconds", "1",
+        "--no-index",
+        "--peer", "debezium-jdbc",
+        "--peer-tasks", "2",
+        "--peer-tasks", "1",
+        "--format", "json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 600)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+
+    assert report["same_state"] is True
+    peer = report["peer"]
+    assert peer["versions"] == {"debezium": "3.6.0.Final", "connect": "4.1.1"}
+    assert set(peer["per_s"]) == {"2", "1"}
+    assert all(rate > 0 for rate in peer["per_s"].values())
+    (round_,) = report["rounds"]
+    for tasks, rate in round_["peer_per_s"].items():
+        assert peer["e2e/peer"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
+
+    run_id = report["run_id"]
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        left = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"cw_bench_{run_id}%"
+        )
+    finally:
+        await conn.close()
+    assert left == []
+    assert not [t for t in await kafka_admin.list_topics() if run_id in t]

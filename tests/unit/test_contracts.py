@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -271,3 +272,47 @@ def test_urls_off_the_fast_path_get_the_full_check(url: str) -> None:
     else:
         with pytest.raises(ValidationError, match="url"):
             parse(valid(url=url))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=DIM, max_size=DIM))
+def test_the_float32_form_is_what_struct_packs_and_the_verdict_is_the_float32_one(
+    numbers: list[float],
+) -> None:
+    """Validation packs the embedding once; its verdicts are those of the float32 numbers."""
+    try:
+        expected: bytes | None = struct.pack(f">{DIM}f", *numbers)
+    except OverflowError:
+        expected = None
+    raw = valid(embedding=numbers)
+    if expected is None:
+        with pytest.raises(ValidationError, match="must fit in float32"):
+            parse(raw, dim=DIM)
+    elif all(abs(x) == 0.0 for x in struct.unpack(f">{DIM}f", expected)):
+        with pytest.raises(ValidationError, match="must not be all zero"):
+            parse(raw, dim=DIM)
+    else:
+        command = parse(raw, dim=DIM)
+        assert isinstance(command.embedding, commands_module.Embedding)
+        assert command.embedding.float32 == expected
+        assert command.embedding == numbers
+
+
+@pytest.mark.parametrize(
+    ("number", "verdict"),
+    [
+        (FLOAT32_ZERO, "must not be all zero"),  # rounds to 0 (ties to even)
+        (-FLOAT32_ZERO, "must not be all zero"),
+        (2.0**-149, None),  # the smallest float32 subnormal
+        (commands_module.FLOAT32_OVERFLOW, "must fit in float32"),
+        (-commands_module.FLOAT32_OVERFLOW, "must fit in float32"),
+        (math.nextafter(commands_module.FLOAT32_OVERFLOW, 0.0), None),  # rounds to float32 max
+    ],
+)
+def test_float32_boundaries(number: float, verdict: str | None) -> None:
+    raw = valid(embedding=[number] + [0.0] * (DIM - 1))
+    if verdict is None:
+        assert parse(raw, dim=DIM).embedding[0] == number
+    else:
+        with pytest.raises(ValidationError, match=verdict):
+            parse(raw, dim=DIM)

@@ -20,18 +20,16 @@ the others go on. No Kafka types here: records arrive as `Envelope`s, results le
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand, ErrorKind
-from contracts.commands import MAX_NESTING_DEPTH, parse_uuid
+from contracts.commands import MAX_NESTING_DEPTH, Embedding, pack_float32, parse_uuid
 from worker.application.ports import CaptureStore, Envelope, IngestCommand, Publisher, ResultObject
 from worker.application.rejection import readable_ids, rejected_result
 from worker.application.retry import Backoff
@@ -103,27 +101,24 @@ def decode_command(envelope: Envelope, limits: Limits) -> CaptureArtifactCommand
     return command
 
 
-@functools.lru_cache(maxsize=8)
-def _float32_be(dim: int) -> struct.Struct:
-    return struct.Struct(f">{dim}f")
-
-
 def ingest_command(command: CaptureArtifactCommand) -> IngestCommand:
     """The typed form the database takes: the contract's fields only, the embedding as float32.
 
     Raises PermanentError(CONSTRAINT) for a number the contract accepts but float32 cannot
     hold (|x| > 3.4e38): the database would refuse it as out of range (SQLSTATE 22003).
     """
-    # struct packs 4x faster than array("f", ...) here, big-endian as the database wants it,
-    # and refuses a number that would round to infinity.
-    try:
-        embedding = _float32_be(len(command.embedding)).pack(*command.embedding)
-    except OverflowError:
-        raise PermanentError(
-            ErrorKind.CONSTRAINT,
-            "embedding: a number is out of range for type vector (float4)",
-            sqlstate="22003",
-        ) from None
+    numbers = command.embedding
+    if isinstance(numbers, Embedding):  # validated: packed while validating
+        embedding = numbers.float32
+    else:  # a command built without validation (model_construct)
+        try:
+            embedding = pack_float32(numbers)
+        except OverflowError:
+            raise PermanentError(
+                ErrorKind.CONSTRAINT,
+                "embedding: a number is out of range for type vector (float4)",
+                sqlstate="22003",
+            ) from None
     return IngestCommand(
         command_id=command.command_id,
         user_id=command.user_id,
@@ -239,8 +234,11 @@ async def store_rejections(outcomes: list[Outcome], store: CaptureStore) -> list
 
 
 def result_bytes(result: dict[str, Any]) -> bytes:
-    """Canonical JSON of a result: the same result always gives the same bytes."""
-    return json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Canonical JSON of a result: the same result always gives the same bytes.
+
+    Compact, keys sorted, UTF-8 as is. orjson: json.dumps was a twentieth of the worker's CPU.
+    """
+    return orjson.dumps(result, option=orjson.OPT_SORT_KEYS)
 
 
 # -- a fetched batch, partition by partition ---------------------------------------------------

@@ -1,0 +1,85 @@
+"""The bench's peer (devkit/peer/debezium.py): what Connect and the sink are given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from devkit.peer import debezium as peer
+from devkit.synthetic import generate_lines
+from worker.core.config import Settings
+
+DIM = 8
+
+
+class _Command:
+    def __init__(self, line: str) -> None:
+        self.text = line
+        data = json.loads(line)
+        self.command_id = str(data["command_id"])
+        self.key = str(data["user_id"]).encode()
+
+
+def test_a_command_is_its_own_payload_under_a_schema_of_its_fields() -> None:
+    lines = list(generate_lines(5, users=2, seed=3, dim=DIM))
+    encoded = peer.encode([_Command(line) for line in lines], DIM)
+    for line, record in zip(lines, encoded, strict=True):
+        envelope = json.loads(record.text)
+        assert envelope["payload"] == json.loads(line)
+        fields = {f["field"]: f for f in envelope["schema"]["fields"]}
+        assert set(fields) == set(json.loads(line)) | {"title"}
+        vector = fields["embedding"]
+        # What the sink needs to write vector(D) rather than a double precision array.
+        assert vector["name"] == "io.debezium.data.DoubleVector"
+        assert vector["items"]["type"] == "double"
+        assert vector["parameters"]["__debezium.source.column.length"] == str(DIM)
+        assert fields["command_id"]["name"] == "io.debezium.data.Uuid"
+        assert fields["title"]["optional"] is True
+        assert record.key == str(json.loads(line)["user_id"]).encode()
+
+
+def test_distinct_ids_counts_the_rows_an_upsert_leaves() -> None:
+    lines = list(generate_lines(3, users=1, seed=1, dim=DIM))
+    commands = [_Command(line) for line in [*lines, lines[0]]]
+    assert peer.distinct_ids(commands) == 3
+
+
+def test_the_connector_upserts_by_command_id_into_the_table_the_bench_made() -> None:
+    props = peer.connector_properties(
+        "cmds", "postgresql://bench:p%40ss@127.0.0.1:5433/cw_bench_x", tasks=6
+    )
+    assert props["connection.url"] == "jdbc:postgresql://127.0.0.1:5433/cw_bench_x"
+    assert (props["connection.username"], props["connection.password"]) == ("bench", "p@ss")
+    assert props["insert.mode"] == "upsert"
+    assert props["primary.key.mode"] == "record_value"
+    assert props["primary.key.fields"] == "command_id"
+    assert props["schema.evolution"] == "none"  # the table is the bench's, same shape as ours
+    assert props["collection.name.format"] == peer.TABLE
+    assert props["tasks.max"] == "6"
+    assert any(peer.TABLE in statement for statement in peer.table_ddl(DIM, index=False))
+    hnsw = peer.table_ddl(DIM, index=True)[-1]
+    assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
+
+
+def test_the_worker_properties_carry_the_cluster_credentials_to_the_sink_consumer(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "a:9092,b:9092",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    props = peer.worker_properties(settings, work_dir=tmp_path, rest_port=8083, fetch_bytes=9)
+    assert props["bootstrap.servers"] == "a:9092,b:9092"
+    for prefix in ("", "consumer."):
+        assert props[f"{prefix}security.protocol"] == "SASL_PLAINTEXT"
+        assert props[f"{prefix}sasl.mechanism"] == "SCRAM-SHA-256"
+        assert "ScramLoginModule" in props[f"{prefix}sasl.jaas.config"]
+        assert 'password="pw"' in props[f"{prefix}sasl.jaas.config"]
+    assert props["consumer.max.partition.fetch.bytes"] == "9"
+    assert props["plugin.discovery"] == "service_load"
+    assert props["offset.storage.file.filename"].startswith(str(tmp_path))
