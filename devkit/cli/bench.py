@@ -85,7 +85,7 @@ from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.repository import ArtifactRepository
 from worker.infrastructure.topics import ensure_topics
 from worker.interfaces.cli.output import console, emit_json, err_console, fail
-from worker.interfaces.cli.publish import PUBLISH_BATCH_BYTES, TokenBucket
+from worker.interfaces.cli.publish import TokenBucket
 
 STALL_TIMEOUT_S = 120.0  # no new result for this long: the phase has failed
 _IDS = re.compile(r'"command_id":"([0-9a-f-]{36})","user_id":"([0-9a-f-]{36})"')
@@ -407,10 +407,7 @@ async def _publish(
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> list[int]:
     """Send every command (acks=all); returns each record's timestamp (ms), in order."""
-    options = producer_options(settings)
-    # ~4 KB commands: bigger producer batches than the default 16 KB, as `publish` does.
-    options["max_batch_size"] = min(PUBLISH_BATCH_BYTES, options["max_request_size"])
-    producer = AIOKafkaProducer(**options)
+    producer = AIOKafkaProducer(**producer_options(settings))
     await producer.start()
     try:
         bucket = TokenBucket(rate) if rate else None
