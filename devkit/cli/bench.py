@@ -105,10 +105,6 @@ class Peer(StrEnum):
     DEBEZIUM_JDBC = "debezium-jdbc"
 
 
-#: Commands the peer's JVM handles before it is timed (JIT, consumer group, connection pool).
-PEER_WARMUP = 10_000
-
-
 @dataclass(frozen=True, kw_only=True)
 class BenchOptions:
     messages: int = 20_000
@@ -686,7 +682,7 @@ def _peer_workload(
     warmup = commands_of(
         list(
             generate_lines(
-                min(PEER_WARMUP, options.messages),
+                options.messages,  # as many as the measured stream, of another seed
                 users=options.users,
                 seed=options.seed + 2,
                 dim=options.dim,
@@ -769,8 +765,9 @@ class Round:
     e2e_per_s: float
     same_state: bool
     worker_peak_rss: int
-    #: The peer's rate by its number of tasks (empty without --peer).
+    #: The peer's rates by its number of tasks, warm and cold (empty without --peer).
     peer_per_s: dict[int, float] = field(default_factory=dict)
+    peer_cold_per_s: dict[int, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -880,6 +877,7 @@ async def run_bench(
                 b_sql = options.messages / sql_seconds
                 await resources.drop(sql_urls[r])
             peer_rates: dict[int, float] = {}
+            peer_cold: dict[int, float] = {}
             if workload is not None:
                 for tasks in peer_tasks:
                     measured = await bench_peer(
@@ -893,6 +891,7 @@ async def run_bench(
                         label=label(r),
                     )
                     peer_rates[tasks] = measured.per_s
+                    peer_cold[tasks] = measured.cold_per_s
             results, dlq = e2e_topics[r]
             worker = WorkerProcess(
                 env={
@@ -919,7 +918,7 @@ async def run_bench(
                 worker, reader, total=options.messages, phases=phases, label=label(r)
             )
             same_state = await _digest(e2e_urls[r]) == sql_digest
-            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss, peer_rates))
+            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss, peer_rates, peer_cold))
             if r < options.rounds - 1:
                 await worker.stop()
                 await reader.stop()
@@ -987,7 +986,12 @@ async def run_bench(
                 "e2e/b_sql": x.ratio,
                 "worker_peak_rss_mib": round(x.worker_peak_rss / 2**20, 1),
                 **(
-                    {"peer_per_s": {str(t): round(v, 1) for t, v in x.peer_per_s.items()}}
+                    {
+                        "peer_per_s": {str(t): round(v, 1) for t, v in x.peer_per_s.items()},
+                        "peer_cold_per_s": {
+                            str(t): round(v, 1) for t, v in x.peer_cold_per_s.items()
+                        },
+                    }
                     if x.peer_per_s
                     else {}
                 ),
@@ -1019,15 +1023,25 @@ def _peer_report(
     return {
         "name": "Debezium JDBC sink connector on Kafka Connect standalone",
         "versions": {"debezium": peer.DEBEZIUM_VERSION, "connect": peer.CONNECT_VERSION},
-        "warmup_commands": min(PEER_WARMUP, options.messages),
         "sink_batch": peer.SINK_BATCH,
-        # Rows, not commands: an upsert by command_id leaves one per distinct id.
+        # Rows, not commands: an upsert by command_id leaves one per distinct id. Warm: a
+        # JIT-compiled JVM in a joined group, from resume to the last row (the targets').
         "per_s": {
             str(t): round(statistics.median(x.peer_per_s[t] for x in rounds), 1) for t in tasks
+        },
+        # Cold: a fresh Connect from its tasks RUNNING to the last row, as e2e is timed.
+        "per_s_cold": {
+            str(t): round(statistics.median(x.peer_cold_per_s[t] for x in rounds), 1) for t in tasks
         },
         # Each round's e2e against the peer measured just before it, as for b_sql.
         "e2e/peer": {
             str(t): round(statistics.median(x.peer_ratio(t) for x in rounds), 3) for t in tasks
+        },
+        "e2e/peer_cold": {
+            str(t): round(
+                statistics.median(_ratio(x.e2e_per_s, x.peer_cold_per_s[t]) for x in rounds), 3
+            )
+            for t in tasks
         },
     }
 
@@ -1063,23 +1077,15 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if report.get("peer"):
         for tasks, rate in report["peer"]["per_s"].items():
+            cold = report["peer"]["per_s_cold"][tasks]
             table.add_row(
                 f"peer ({tasks} task{'s' if tasks != '1' else ''})",
                 f"{rate:,.0f}",
-                "Debezium JDBC sink on Connect, rows/s",
+                f"Debezium JDBC sink on Connect, warm (cold: {cold:,.0f})",
             )
     console.print(table)
     if report.get("peer"):
-        console.print(
-            "e2e/peer "
-            + ", ".join(
-                f"[bold]{ratio:.2f}[/] ({tasks} task{'s' if tasks != '1' else ''})"
-                for tasks, ratio in report["peer"]["e2e/peer"].items()
-            )
-            + f"   [dim]peer: Debezium {report['peer']['versions']['debezium']}, Connect "
-            f"{report['peer']['versions']['connect']}, batch {report['peer']['sink_batch']}, "
-            f"warmed on {report['peer']['warmup_commands']:,} commands[/]"
-        )
+        _print_peer(report["peer"])
     if len(report["rounds"]) > 1:
         console.print(
             "rounds (b_sql → e2e): "
@@ -1119,6 +1125,24 @@ def print_report(report: dict[str, Any]) -> None:
         f"PostgreSQL {m['postgresql']} + pgvector {m['pgvector']} "
         f"(synchronous_commit={m['synchronous_commit']}), {m['kafka']}, Python {m['python']}; "
         f"load {m['load_1m']}; {report['seconds']:.0f} s[/]"
+    )
+
+
+def _print_peer(peer_report: dict[str, Any]) -> None:
+    def tasks_label(tasks: str) -> str:
+        return f"{tasks} task{'s' if tasks != '1' else ''}"
+
+    warm = ", ".join(
+        f"[bold]{ratio:.2f}[/] ({tasks_label(tasks)})"
+        for tasks, ratio in peer_report["e2e/peer"].items()
+    )
+    cold = ", ".join(f"{ratio:.2f}" for ratio in peer_report["e2e/peer_cold"].values())
+    versions = peer_report["versions"]
+    console.print(f"e2e/peer {warm}; against the cold peer {cold}")
+    console.print(
+        f"[dim]peer: Debezium {versions['debezium']} on Connect {versions['connect']}, sink batch "
+        f"{peer_report['sink_batch']}, rows/s; warm = after as many commands of another seed, "
+        "cold = those, from its tasks running[/]"
     )
 
 

@@ -136,11 +136,15 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     assert report["same_state"] is True
     peer = report["peer"]
     assert peer["versions"] == {"debezium": "3.6.0.Final", "connect": "4.1.1"}
-    assert set(peer["per_s"]) == {"2", "1"}
-    assert all(rate > 0 for rate in peer["per_s"].values())
+    # Warm (after as many commands) and cold (from a fresh Connect's tasks running).
+    for measure in ("per_s", "per_s_cold"):
+        assert set(peer[measure]) == {"2", "1"}
+        assert all(rate > 0 for rate in peer[measure].values())
     (round_,) = report["rounds"]
     for tasks, rate in round_["peer_per_s"].items():
         assert peer["e2e/peer"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
+    for tasks, rate in round_["peer_cold_per_s"].items():
+        assert peer["e2e/peer_cold"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
 
     run_id = report["run_id"]
     conn = await asyncpg.connect(pg_admin_url)
