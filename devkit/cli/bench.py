@@ -70,7 +70,7 @@ from rich.progress import (
 from rich.table import Table
 
 from contracts import CaptureArtifactCommand
-from devkit import stack
+from devkit import cpu, stack
 from devkit.peer import debezium as peer
 from devkit.synthetic import generate_lines
 from devkit.worker_process import WorkerExited, WorkerProcess, free_port
@@ -517,14 +517,26 @@ async def bench_kafka(
 
 
 async def bench_e2e(
-    worker: WorkerProcess, reader: TopicReader, *, total: int, phases: Phases, label: str = ""
-) -> float:
+    worker: WorkerProcess,
+    reader: TopicReader,
+    *,
+    total: int,
+    phases: Phases,
+    postmaster: int | None,
+    label: str = "",
+) -> tuple[float, dict[str, float]]:
+    """The worker's rate on the waiting stream, and the CPU each part spent per command."""
     task = phases.start(f"e2e      the worker process{label}", total)
-    worker.start()
+    proc = worker.start().proc
+    assert proc is not None
     watcher = asyncio.ensure_future(worker.watch_rss())
     try:
         started = await worker.wait_ready_async()
+        meter = cpu.CpuMeter(proc.pid, postmaster, cpu.kafka_pids())
+        before = meter.sample()
         await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
+        after = meter.sample()
+        wall = time.time() - started
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -532,7 +544,7 @@ async def bench_e2e(
     last = await reader.last_timestamp()
     rate = total / max(last / 1000 - started, 1e-3)
     phases.done(task, f"{rate:,.0f}/s")
-    return rate
+    return rate, cpu.CpuMeter.per_command(before, after, total, wall)
 
 
 async def bench_latency(
@@ -765,6 +777,8 @@ class Round:
     e2e_per_s: float
     same_state: bool
     worker_peak_rss: int
+    #: µs of CPU per command during e2e: worker, PostgreSQL, Kafka, machine (see devkit/cpu.py).
+    cpu_us: dict[str, float] = field(default_factory=dict)
     #: The peer's rates by its number of tasks, warm and cold (empty without --peer).
     peer_per_s: dict[int, float] = field(default_factory=dict)
     peer_cold_per_s: dict[int, float] = field(default_factory=dict)
@@ -816,6 +830,7 @@ async def run_bench(
             await resources.make_topics(f"results{r}", f"dlq{r}") for r in range(options.rounds)
         ]
         machine = await _machine(settings, sql_urls[0])
+        postmaster = await cpu.postmaster_pid(resources.admin_dsn)
         peer_tasks = options.peer_tasks or (partitions, 1)
         workload = None
         if options.peer is Peer.DEBEZIUM_JDBC:
@@ -914,11 +929,18 @@ async def run_bench(
             await reader.start()
             stack.push_async_callback(reader.stop)
             await settle()
-            e2e = await bench_e2e(
-                worker, reader, total=options.messages, phases=phases, label=label(r)
+            e2e, cpu_us = await bench_e2e(
+                worker,
+                reader,
+                total=options.messages,
+                phases=phases,
+                postmaster=postmaster,
+                label=label(r),
             )
             same_state = await _digest(e2e_urls[r]) == sql_digest
-            rounds.append(Round(b_sql, e2e, same_state, worker.peak_rss, peer_rates, peer_cold))
+            rounds.append(
+                Round(b_sql, e2e, same_state, worker.peak_rss, cpu_us, peer_rates, peer_cold)
+            )
             if r < options.rounds - 1:
                 await worker.stop()
                 await reader.stop()
@@ -999,6 +1021,12 @@ async def run_bench(
             for x in rounds
         ],
         "same_state": all(x.same_state for x in rounds),
+        # Medians over the rounds: µs of CPU per command during e2e, and the machine's busy share.
+        "e2e_cpu": {
+            key: round(statistics.median(x.cpu_us[key] for x in rounds), 1)
+            for key in rounds[0].cpu_us
+            if all(key in x.cpu_us for x in rounds)
+        },
         "peer": _peer_report(options, rounds, peer_tasks) if workload else None,
         # The worker's largest RSS while the whole stream was waiting for it (e2e).
         "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
@@ -1107,6 +1135,16 @@ def print_report(report: dict[str, Any]) -> None:
         f"e2e/naive [bold]{ratios['e2e/naive']:.1f}[/]"
         f"   same state as b_sql: {'yes' if report['same_state'] else '[red]NO[/]'}"
         f"   worker peak RSS during e2e [bold]{report['worker_peak_rss_mib']:,.0f}[/] MiB"
+    )
+    used = report["e2e_cpu"]
+    parts = [
+        f"{name} {used[f'{name}_us']:,.0f} µs"
+        for name in ("worker", "postgresql", "kafka", "machine")
+        if f"{name}_us" in used
+    ]
+    console.print(
+        f"CPU per command during e2e: {', '.join(parts)}; machine busy "
+        f"{used['machine_busy_pct']:.0f}%"
     )
     console.print(
         f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "

@@ -83,6 +83,11 @@ async def test_bench_reports_every_measure_as_one_json_object(
     assert report["same_state"] is True
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["postgresql"] and machine["kafka"]
+    # The stack's PostgreSQL and Kafka run on this machine: each part's CPU is found and counted.
+    used = report["e2e_cpu"]
+    for part in ("worker_us", "postgresql_us", "kafka_us", "machine_us"):
+        assert used[part] > 0, (part, used)
+    assert 0 < used["machine_busy_pct"] <= 100
 
     # Nothing of the run is left behind.
     run_id = report["run_id"]

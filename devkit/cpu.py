@@ -1,0 +1,100 @@
+"""Where a phase's CPU went: the worker, PostgreSQL, Kafka and the whole machine.
+
+For the bench's e2e: one sample when the phase starts, one when it ends, and the difference
+per command. PostgreSQL is the postmaster, its live children (backends, walwriter,
+checkpointer, autovacuum workers) and the children it has reaped; it is found through its
+`postmaster.pid`, so only a server on this machine that this user may read is counted (the
+local stack). Kafka is every `kafka.Kafka` JVM on the machine. What is not found is left out
+of the report rather than guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import psutil  # type: ignore[import-untyped]
+
+
+def _own_and_reaped(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def _tree(process: psutil.Process) -> float:
+    total = _own_and_reaped(process)
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def postmaster_pid(admin_url: str) -> int | None:
+    """The local server's postmaster, or None when it is not readable from here."""
+    with contextlib.suppress(Exception):
+        conn = await asyncpg.connect(admin_url)
+        try:
+            data_dir = await conn.fetchval("SHOW data_directory")
+        finally:
+            await conn.close()
+        first = (Path(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0]
+        return int(first)
+    return None
+
+
+def kafka_pids() -> list[int]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if "kafka.Kafka" in cmdline:
+            found.append(process.pid)
+    return found
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    seconds: dict[str, float]
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of the worker, PostgreSQL, Kafka and the machine between two samples."""
+
+    worker_pid: int
+    postmaster: int | None
+    kafka: list[int]
+
+    def sample(self) -> Sample:
+        seconds: dict[str, float] = {"machine": _machine_busy()}
+        parts: list[tuple[str, list[int], bool]] = [
+            ("worker", [self.worker_pid], False),
+            ("postgresql", [self.postmaster] if self.postmaster else [], True),
+            ("kafka", self.kafka, False),
+        ]
+        for name, pids, tree in parts:
+            with contextlib.suppress(psutil.Error):
+                if pids:
+                    processes = [psutil.Process(pid) for pid in pids]
+                    seconds[name] = sum(_tree(p) if tree else _own_and_reaped(p) for p in processes)
+        return Sample(seconds)
+
+    @staticmethod
+    def per_command(start: Sample, end: Sample, commands: int, wall_s: float) -> dict[str, float]:
+        """µs of CPU per command for each part, and the machine's busy share of its cores."""
+        report = {
+            f"{name}_us": round((end.seconds[name] - before) / commands * 1e6, 1)
+            for name, before in start.seconds.items()
+            if name in end.seconds
+        }
+        busy = end.seconds["machine"] - start.seconds["machine"]
+        report["machine_busy_pct"] = round(100 * busy / (wall_s * (os.cpu_count() or 1)), 1)
+        return report
