@@ -6,6 +6,15 @@ sequential `ingest_with_signal` calls, `ingest_batch` calls (JSON) and `ingest_t
 (typed arrays, binary vectors; decoded before the clock starts), each with and without the
 HNSW index. This is the ceiling the worker's own throughput is measured against. Every run must
 end in the same state digest; the report says whether it did.
+
+When the server loads pg_stat_statements with `pg_stat_statements.track = all`, the typed runs
+also break the time down by statement, those inside the plpgsql functions included: where a
+command's server time goes. On the local stack:
+
+    psql "$CAPTURE_ADMIN_DATABASE_URL" \
+      -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
+      -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'"
+    capture-worker stack stop postgres && capture-worker stack up
 """
 
 from __future__ import annotations
@@ -66,6 +75,42 @@ async def _timed_run(
     return calls, time.perf_counter() - started
 
 
+_STATEMENTS = r"""
+SELECT calls, total_exec_time, regexp_replace(query, '\s+', ' ', 'g') AS query
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND query NOT LIKE '%pg_stat_statements%'
+ORDER BY total_exec_time DESC
+LIMIT $1
+"""
+
+
+async def _statements_tracked(pool: asyncpg.Pool) -> bool:
+    """pg_stat_statements loaded, tracking nested statements, and its view installed here."""
+    async with pool.acquire() as conn:
+        loaded = await conn.fetchval("SHOW shared_preload_libraries")
+        if "pg_stat_statements" not in str(loaded):
+            return False
+        if await conn.fetchval("SHOW pg_stat_statements.track") != "all":
+            return False
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return True
+
+
+async def _statement_times(pool: asyncpg.Pool, commands: int) -> list[dict[str, Any]]:
+    """The statements that took the most execution time since the last reset, per command."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_STATEMENTS, 12)
+    return [
+        {
+            "calls": int(r["calls"]),
+            "exec_us_per_command": round(float(r["total_exec_time"]) * 1000 / commands, 1),
+            "query": str(r["query"])[:120],
+        }
+        for r in rows
+    ]
+
+
 def _backend_cpu(process: psutil.Process) -> float:
     """CPU seconds (user + system) of the database's server process for our connection."""
     times = process.cpu_times()
@@ -98,6 +143,7 @@ async def run_bench(
                 backend = psutil.Process(await pool.fetchval("SELECT pg_backend_pid()"))
                 runs: list[dict[str, Any]] = []
                 digests: set[str] = set()
+                tracked = await _statements_tracked(pool)
                 for hnsw in (False, True):
                     for mode, size in (
                         ("sequential", None),
@@ -109,11 +155,18 @@ async def run_bench(
                             await repo.create_embedding_index()
                         else:
                             await repo.drop_embedding_index()
+                        if tracked:
+                            await pool.execute("SELECT pg_stat_statements_reset()")
                         cpu_before = _backend_cpu(backend)
                         calls, seconds = await _timed_run(
                             repo, lines, typed, batch_size=size, mode=mode
                         )
                         cpu = _backend_cpu(backend) - cpu_before
+                        statements = (
+                            await _statement_times(pool, len(lines))
+                            if tracked and mode.startswith("typed")
+                            else None
+                        )
                         digests.add(await repo.state_digest())
                         runs.append(
                             {
@@ -127,6 +180,7 @@ async def run_bench(
                                 # CPU the server process spent: far steadier than wall time
                                 # on a shared machine (it leaves out waiting for the cores).
                                 "backend_cpu_us_per_command": round(cpu / len(lines) * 1e6, 1),
+                                **({"statements": statements} if statements else {}),
                             }
                         )
             finally:
@@ -166,8 +220,26 @@ def print_report(report: dict[str, Any]) -> None:
             f"{run['backend_cpu_us_per_command']:.0f}",
         )
     console.print(table)
+    for run in report["runs"]:
+        if "statements" in run:
+            _print_statements(run)
     if not report["same_digest_every_run"]:
         console.print("[bold red]the runs ended in different states (digests differ)[/]")
+
+
+def _print_statements(run: dict[str, Any]) -> None:
+    index = "HNSW index" if run["hnsw_index"] else "no index"
+    table = Table(title=f"{run['mode']}, {index}: execution time by statement (pg_stat_statements)")
+    table.add_column("calls", justify="right")
+    table.add_column("µs/command", justify="right")
+    table.add_column("statement")
+    for statement in run["statements"]:
+        table.add_row(
+            str(statement["calls"]),
+            f"{statement['exec_us_per_command']:.1f}",
+            statement["query"],
+        )
+    console.print(table)
 
 
 DatabaseUrl = Annotated[

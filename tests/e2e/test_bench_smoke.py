@@ -21,6 +21,50 @@ pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
 
 
+async def _bench(kafka_bootstrap: str, pg_admin_url: str, *args: str) -> dict[str, Any]:
+    """`bench ARGS --format json` as a child process; its report (it must exit 0)."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": pg_admin_url,
+        "CAPTURE_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "bench",
+        *args,
+        "--format",
+        "json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 600)
+    finally:
+        if proc.returncode is None:  # timed out: stop the bench, whatever happens
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return report
+
+
+async def _nothing_left_behind(
+    report: dict[str, Any], pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    run_id = report["run_id"]
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        left = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"cw_bench_{run_id}%"
+        )
+    finally:
+        await conn.close()
+    assert left == []
+    assert not [t for t in await kafka_admin.list_topics() if run_id in t]
+
+
 def _positive(report: dict[str, Any], *keys: str) -> None:
     for key in keys:
         value = report[key]
@@ -33,32 +77,14 @@ def _positive(report: dict[str, Any], *keys: str) -> None:
 async def test_bench_reports_every_measure_as_one_json_object(
     kafka_bootstrap: str, pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
 ) -> None:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "DATABASE_URL": pg_admin_url,
-        "CAPTURE_LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "bench",
+    report = await _bench(
+        kafka_bootstrap,
+        pg_admin_url,
         "--messages", "300",
         "--naive-messages", "100",
         "--latency-seconds", "2",
         "--rounds", "2",
-        "--format", "json",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 600)
-    finally:
-        if proc.returncode is None:  # timed out: stop the bench, whatever happens
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    report = json.loads(out.decode().strip().splitlines()[-1])
 
     assert report["messages"] == 300
     assert report["naive_messages"] == 100
@@ -90,16 +116,7 @@ async def test_bench_reports_every_measure_as_one_json_object(
     assert 0 < used["machine_busy_pct"] <= 100
 
     # Nothing of the run is left behind.
-    run_id = report["run_id"]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        left = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"cw_bench_{run_id}%"
-        )
-    finally:
-        await conn.close()
-    assert left == []
-    assert not [t for t in await kafka_admin.list_topics() if run_id in t]
+    await _nothing_left_behind(report, pg_admin_url, kafka_admin)
 
 
 @pytest.mark.timeout(660)
@@ -108,15 +125,9 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
 ) -> None:
     """`--peer debezium-jdbc`: Kafka Connect runs the sink on the same commands, every row lands
     (the phase waits for all of them), and the report pairs its rate with the worker's."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "DATABASE_URL": pg_admin_url,
-        "CAPTURE_LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "bench",
+    report = await _bench(
+        kafka_bootstrap,
+        pg_admin_url,
         "--messages", "300",
         "--naive-messages", "20",
         "--latency-seconds", "1",
@@ -124,19 +135,7 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         "--peer", "debezium-jdbc",
         "--peer-tasks", "2",
         "--peer-tasks", "1",
-        "--format", "json",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 600)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    report = json.loads(out.decode().strip().splitlines()[-1])
 
     assert report["same_state"] is True
     peer = report["peer"]
@@ -151,13 +150,4 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     for tasks, rate in round_["peer_cold_per_s"].items():
         assert peer["e2e/peer_cold"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
 
-    run_id = report["run_id"]
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        left = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"cw_bench_{run_id}%"
-        )
-    finally:
-        await conn.close()
-    assert left == []
-    assert not [t for t in await kafka_admin.list_topics() if run_id in t]
+    await _nothing_left_behind(report, pg_admin_url, kafka_admin)

@@ -19,7 +19,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -57,14 +57,27 @@ DONE_TIMEOUT_S = 300.0  # three JVMs, the worker and PostgreSQL share two cores
 OUTAGE_S = 30.0
 
 
-async def _setup(
-    cluster: Cluster,
+@pytest.fixture
+async def cluster_workers(
+    kafka_cluster: Cluster,
     fresh_database: Callable[[], Awaitable[str]],
-    log_dir: Path,
-    login: WorkerLogin,
-) -> WorkerSetup:
-    names = await create_topics(cluster)
-    return cluster_setup(cluster, names, await fresh_database(), log_dir, login)
+    tmp_path: Path,
+    worker_login: WorkerLogin,
+) -> AsyncIterator[Callable[[], Awaitable[WorkerSetup]]]:
+    """Fresh topics and database for the scenario's workers; every worker is killed at the
+    end, whatever happened."""
+    made: list[WorkerSetup] = []
+
+    async def make() -> WorkerSetup:
+        names = await create_topics(kafka_cluster)
+        setup = cluster_setup(kafka_cluster, names, await fresh_database(), tmp_path, worker_login)
+        made.append(setup)
+        return setup
+
+    yield make
+    for setup in made:
+        for proc in setup.processes:
+            proc.kill()
 
 
 async def _finish(
@@ -95,101 +108,90 @@ async def test_leader_of_the_busiest_partitions_sigkilled_and_back(
     kafka_cluster: Cluster,
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
-    tmp_path: Path,
-    worker_login: WorkerLogin,
+    cluster_workers: Callable[[], Awaitable[WorkerSetup]],
 ) -> None:
     seed = 1510
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
+    setup = await cluster_workers()
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(3000, users=12, seed=seed).valid, rng)
     node, partitions = busiest_leader(sent.items, await leaders(kafka_cluster, setup.commands))
-    try:
-        worker = setup.start()
-        await ready(worker, 120)
-        feeder = asyncio.create_task(feed(topics, sent.items, chunk=250, pause_s=0.3))
+    worker = setup.start()
+    await ready(worker, 120)
+    feeder = asyncio.create_task(feed(topics, sent.items, chunk=250, pause_s=0.3))
 
-        async def mid_stream() -> bool:
-            return await applied(setup.database_url) >= 600
+    async def mid_stream() -> bool:
+        return await applied(setup.database_url) >= 600
 
-        await wait_until(mid_stream, timeout_s=180, what="600 applied", workers=(worker,))
-        await asyncio.sleep(rng.uniform(0.0, 0.5))
-        at_kill = await applied(setup.database_url)
-        kafka_cluster.kill(node)
-        print(f"\nSIGKILLed node {node}, leader of partitions {partitions}, at {at_kill} applied")
+    await wait_until(mid_stream, timeout_s=180, what="600 applied", workers=(worker,))
+    await asyncio.sleep(rng.uniform(0.0, 0.5))
+    at_kill = await applied(setup.database_url)
+    kafka_cluster.kill(node)
+    print(f"\nSIGKILLed node {node}, leader of partitions {partitions}, at {at_kill} applied")
 
-        async def progressed_without_it() -> bool:
-            return await applied(setup.database_url) >= at_kill + 500
+    async def progressed_without_it() -> bool:
+        return await applied(setup.database_url) >= at_kill + 500
 
-        # Failover: the stream goes on with two of three nodes.
-        await wait_until(
-            progressed_without_it, timeout_s=180, what="500 more applied", workers=(worker,)
-        )
-        assert kafka_cluster.pid(node) is None
-        await kafka_cluster.start(node)
-        assert await feeder == len(sent.items)
-        await _finish(setup, sent, fresh_database, scenario, "cluster: busiest leader SIGKILLed", 1)
-    finally:
-        for proc in setup.processes:
-            proc.kill()
+    # Failover: the stream goes on with two of three nodes.
+    await wait_until(
+        progressed_without_it, timeout_s=180, what="500 more applied", workers=(worker,)
+    )
+    assert kafka_cluster.pid(node) is None
+    await kafka_cluster.start(node)
+    assert await feeder == len(sent.items)
+    await _finish(setup, sent, fresh_database, scenario, "cluster: busiest leader SIGKILLed", 1)
 
 
 async def test_one_node_down_30s_while_publishing(
     kafka_cluster: Cluster,
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
-    tmp_path: Path,
-    worker_login: WorkerLogin,
+    cluster_workers: Callable[[], Awaitable[WorkerSetup]],
 ) -> None:
     seed = 1511
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
+    setup = await cluster_workers()
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(2500, users=12, seed=seed).valid, rng)
     before, during = sent.items[:800], sent.items[800:]
     node = rng.choice(list(kafka_cluster.cfg.kafka.nodes))
-    try:
-        worker = setup.start()
-        await ready(worker, 120)
-        await feed(topics, before)
+    worker = setup.start()
+    await ready(worker, 120)
+    await feed(topics, before)
 
-        async def started() -> bool:
-            return await applied(setup.database_url) >= 300
+    async def started() -> bool:
+        return await applied(setup.database_url) >= 300
 
-        await wait_until(started, timeout_s=180, what="300 applied", workers=(worker,))
-        await kafka_cluster.stop(node)
-        down_at = time.monotonic()
-        results_at_stop = await count(topics, topics.results)
-        # The whole rest of the stream is published (acks=all) while the node is away.
-        assert await feed(topics, during, chunk=250, pause_s=1.0) == len(during)
-        remaining = OUTAGE_S - (time.monotonic() - down_at)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
-        assert_alive(worker)
-        assert kafka_cluster.pid(node) is None
-        results_while_down = await count(topics, topics.results) - results_at_stop
-        outage = time.monotonic() - down_at
-        print(f"\nnode {node} down {outage:.0f}s: {results_while_down} results published meanwhile")
-        assert results_while_down > 0, "the worker published nothing with two of three nodes"
-        await kafka_cluster.start(node)
-        await _finish(setup, sent, fresh_database, scenario, "cluster: one node down 30 s", 1)
-    finally:
-        for proc in setup.processes:
-            proc.kill()
+    await wait_until(started, timeout_s=180, what="300 applied", workers=(worker,))
+    await kafka_cluster.stop(node)
+    down_at = time.monotonic()
+    results_at_stop = await count(topics, topics.results)
+    # The whole rest of the stream is published (acks=all) while the node is away.
+    assert await feed(topics, during, chunk=250, pause_s=1.0) == len(during)
+    remaining = OUTAGE_S - (time.monotonic() - down_at)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    assert_alive(worker)
+    assert kafka_cluster.pid(node) is None
+    results_while_down = await count(topics, topics.results) - results_at_stop
+    outage = time.monotonic() - down_at
+    print(f"\nnode {node} down {outage:.0f}s: {results_while_down} results published meanwhile")
+    assert results_while_down > 0, "the worker published nothing with two of three nodes"
+    await kafka_cluster.start(node)
+    await _finish(setup, sent, fresh_database, scenario, "cluster: one node down 30 s", 1)
 
 
 async def test_rolling_restart_while_three_workers_consume(
     kafka_cluster: Cluster,
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
-    tmp_path: Path,
-    worker_login: WorkerLogin,
+    cluster_workers: Callable[[], Awaitable[WorkerSetup]],
 ) -> None:
     seed = 1512
     rng = random.Random(seed)
-    setup = await _setup(kafka_cluster, fresh_database, tmp_path, worker_login)
+    setup = await cluster_workers()
     topics = topics_of(setup)
     sent = Sent()
     add_stream_with_poison(sent, make_stream(4000, users=18, seed=seed).valid, rng)
@@ -197,41 +199,35 @@ async def test_rolling_restart_while_three_workers_consume(
     quarter = len(sent.items) // 4
     parts = [sent.items[i * quarter : (i + 1) * quarter] for i in range(3)]
     parts.append(sent.items[3 * quarter :])
+    workers = [setup.start() for _ in range(3)]
+    for worker in workers:
+        await ready(worker, 120)
+    fed = await feed(topics, parts[0], chunk=200, pause_s=0.3)
+    faults = 0
+    admin = kafka_cluster.admin()
+    await admin.start()
     try:
-        workers = [setup.start() for _ in range(3)]
-        for worker in workers:
-            await ready(worker, 120)
-        fed = await feed(topics, parts[0], chunk=200, pause_s=0.3)
-        faults = 0
-        admin = kafka_cluster.admin()
-        await admin.start()
-        try:
-            for node, part in zip(kafka_cluster.cfg.kafka.nodes, parts[1:], strict=True):
-                await kafka_cluster.stop(node)
-                fed += await feed(topics, part, chunk=200, pause_s=0.3)
-                due = int(0.9 * fed) - sent.poison_count  # most of it, repeats aside
+        for node, part in zip(kafka_cluster.cfg.kafka.nodes, parts[1:], strict=True):
+            await kafka_cluster.stop(node)
+            fed += await feed(topics, part, chunk=200, pause_s=0.3)
+            due = int(0.9 * fed) - sent.poison_count  # most of it, repeats aside
 
-                async def consumed(due: int = due) -> bool:
-                    return await applied(setup.database_url) >= due
+            async def consumed(due: int = due) -> bool:
+                return await applied(setup.database_url) >= due
 
-                # The workers consume with the node down, not only after it is back.
-                await wait_until(
-                    consumed, timeout_s=240, what=f"{due} applied", workers=tuple(workers)
-                )
-                await kafka_cluster.start(node)
-                faults += 1
-                assert_alive(*workers)
-                # An operator's rolling restart waits for full replication before the next.
-                await wait_fully_replicated(admin, [setup.commands, setup.results, setup.dlq])
-        finally:
-            await admin.close()
-        assert fed == len(sent.items)
-        await _finish(
-            setup, sent, fresh_database, scenario, "cluster: rolling restart, 3 workers", faults
-        )
+            # The workers consume with the node down, not only after it is back.
+            await wait_until(consumed, timeout_s=240, what=f"{due} applied", workers=tuple(workers))
+            await kafka_cluster.start(node)
+            faults += 1
+            assert_alive(*workers)
+            # An operator's rolling restart waits for full replication before the next.
+            await wait_fully_replicated(admin, [setup.commands, setup.results, setup.dlq])
     finally:
-        for proc in setup.processes:
-            proc.kill()
+        await admin.close()
+    assert fed == len(sent.items)
+    await _finish(
+        setup, sent, fresh_database, scenario, "cluster: rolling restart, 3 workers", faults
+    )
 
 
 async def test_the_worker_creates_its_topics_with_three_replicas_two_in_sync(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from contracts.results import ErrorKind
-from tests.integration.db.support import as_json, command, new_id, stream, strip_clock, unit
+from tests.support.db_commands import as_json, command, new_id, stream, strip_clock, unit
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.database import TemplateDatabase, clone_database
-from tests.integration.db.support import as_json, command, new_id, unit
+from tests.support.db_commands import as_json, command, new_id, unit
 from worker.infrastructure.db import dsn_with_database
 from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.roles import create_login

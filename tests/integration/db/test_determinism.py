@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from tests.integration.db.support import (
+from tests.support.db_commands import (
     artifact_id,
     as_json,
     command,

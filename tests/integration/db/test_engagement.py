@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.db.support import BASE_TIME, as_json, command, level_of, new_id, unit
+from tests.support.db_commands import BASE_TIME, as_json, command, level_of, new_id, unit
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
 

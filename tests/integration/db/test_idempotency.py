@@ -11,7 +11,7 @@ import pytest
 
 from contracts import CaptureResult
 from contracts.results import ErrorKind
-from tests.integration.db.support import (
+from tests.support.db_commands import (
     as_json,
     command,
     md5_uuid,

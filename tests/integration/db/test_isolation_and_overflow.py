@@ -17,7 +17,7 @@ import pytest
 
 from contracts import CaptureArtifactCommand
 from tests.fixtures.database import TemplateDatabase, WorkerLogin
-from tests.integration.db.support import DIM, as_json, command, new_id, unit
+from tests.support.db_commands import DIM, as_json, command, new_id, unit
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand
 from worker.domain.errors import TransientError

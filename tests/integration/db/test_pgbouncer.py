@@ -28,7 +28,7 @@ import pytest
 
 from devkit.stack.postgres import service_user
 from tests.fixtures.services import free_port, unavailable
-from tests.integration.db.support import as_json, command, unit
+from tests.support.db_commands import as_json, command, unit
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
 

@@ -7,7 +7,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from tests.integration.db.support import DIM, as_json, command, new_id, unit
+from tests.support.db_commands import DIM, as_json, command, new_id, unit
 from worker.infrastructure.repository import ArtifactRepository
 
 CANONICAL = [

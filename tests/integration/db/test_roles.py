@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.fixtures.database import TemplateDatabase
-from tests.integration.db.support import as_json, command, new_id, unit
+from tests.support.db_commands import as_json, command, new_id, unit
 from worker.interfaces.cli.db import register
 
 TABLES = [

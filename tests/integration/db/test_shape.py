@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from contracts.results import ErrorKind
-from tests.integration.db.support import DIM, as_json, command, new_id, table_counts, unit
+from tests.support.db_commands import DIM, as_json, command, new_id, table_counts, unit
 from worker.domain.errors import PermanentError
 from worker.infrastructure.repository import ArtifactRepository
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand
-from tests.integration.db.support import DIM
+from tests.support.db_commands import DIM
 
 EXAMPLES = 400
 BASE: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """SPEC §4.5: subspace assignment and margins, checked against an independent numpy model
-(tests/integration/db/support.py: SubspaceModel)."""
+(tests/support/db_commands.py: SubspaceModel)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from tests.integration.db.support import (
+from tests.support.db_commands import (
     BASE_TIME,
     DIM,
     SubspaceModel,

@@ -21,7 +21,8 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 
-from tests.integration.db.support import (
+from tests.integration.db.test_determinism import interleave
+from tests.support.db_commands import (
     BASE_TIME,
     as_json,
     command,
@@ -31,7 +32,6 @@ from tests.integration.db.support import (
     table_counts,
     unit,
 )
-from tests.integration.db.test_determinism import interleave
 from worker.application.ports import IngestCommand
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool

@@ -1,0 +1,95 @@
+"""`capture-worker bench-db`: every mode on the same commands ends in the same state, and with
+pg_stat_statements tracking nested statements the typed runs say where the time went."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.fixtures.services import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
+MODES = {"sequential", "batch-20", "typed-20"}
+
+
+def _bench_db(url: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [*CLI, "bench-db", "--count", "120", "--users", "5", "--batch-size", "20",
+         "--dim", "16", "--database-url", url, "--format", "json"],
+        capture_output=True, text=True, timeout=500, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_every_mode_with_and_without_the_index_ends_in_one_state(pg_admin_url: str) -> None:
+    report = _bench_db(pg_admin_url)
+    runs = report["runs"]
+    assert {(r["mode"], r["hnsw_index"]) for r in runs} == {
+        (m, i) for m in MODES for i in (False, True)
+    }
+    assert report["same_digest_every_run"] is True
+    for run in runs:
+        assert run["commands"] == 120 and run["commands_per_s"] > 0
+        assert run["backend_cpu_us_per_command"] > 0
+        # The stack's server does not preload pg_stat_statements: no breakdown, no error.
+        assert "statements" not in run
+
+
+@pytest.fixture
+async def tracking_server(tmp_path: Path) -> AsyncIterator[str]:
+    """A PostgreSQL of its own that preloads pg_stat_statements (track = all); stopped after."""
+    port = free_port()
+    state = tmp_path / "pg"
+
+    def stack(*args: str) -> None:
+        done = subprocess.run(
+            [*CLI, "stack", *args, "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        stack("start", "postgres", "--postgres-port", str(port))
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            await conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+        finally:
+            await conn.close()
+        stack("stop", "postgres")
+        stack("start", "postgres", "--postgres-port", str(port))
+        yield url
+    finally:
+        subprocess.run(
+            [*CLI, "stack", "stop", "postgres", "--state-dir", str(state)],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+
+
+def test_the_typed_runs_break_the_time_down_by_statement(tracking_server: str) -> None:
+    report = _bench_db(tracking_server)
+    assert report["same_digest_every_run"] is True
+    for run in report["runs"]:
+        if not run["mode"].startswith("typed"):
+            assert "statements" not in run
+            continue
+        statements = run["statements"]
+        queries = [s["query"] for s in statements]
+        # The top-level call, and the statements inside it (track = all).
+        assert any("capture.ingest_typed" in q for q in queries), queries
+        assert any(q.startswith("INSERT INTO capture.artifacts") for q in queries), queries
+        total = next(s for s in statements if "capture.ingest_typed" in s["query"])
+        assert total["calls"] == 6  # 120 commands in batches of 20
+        assert all(0 < s["exec_us_per_command"] <= total["exec_us_per_command"] for s in statements)
