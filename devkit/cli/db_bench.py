@@ -271,8 +271,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Raw throughput of the SQL functions, on a fresh temporary database (dropped after).
 
-        Needs a role that may CREATE DATABASE. Measures sequential ingest_with_signal calls and
-        ingest_batch calls, each with and without the HNSW index.
+        Needs a role that may CREATE DATABASE. Measures sequential ingest_with_signal calls,
+        ingest_batch calls and ingest_typed calls, each with and without the HNSW index.
+
+        When the server preloads pg_stat_statements with pg_stat_statements.track = all, the
+        typed runs also list the statements that took the most time, those inside the plpgsql
+        functions included. On the local stack: ALTER SYSTEM SET shared_preload_libraries =
+        'pg_stat_statements' and ALTER SYSTEM SET pg_stat_statements.track = 'all' as the
+        admin (CAPTURE_ADMIN_DATABASE_URL), then `capture-worker stack stop postgres` and
+        `capture-worker stack up`.
         """
         report = asyncio.run(
             run_bench(
