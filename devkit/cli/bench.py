@@ -72,6 +72,7 @@ from rich.table import Table
 from contracts import CaptureArtifactCommand
 from devkit import cpu, stack
 from devkit.peer import debezium as peer
+from devkit.stack.process import StackError
 from devkit.synthetic import generate_lines
 from devkit.worker_process import WorkerExited, WorkerProcess, free_port
 from worker.application.capture import ingest_command
@@ -835,7 +836,10 @@ async def run_bench(
         workload = None
         if options.peer is Peer.DEBEZIUM_JDBC:
             phases.update(task, 0)
-            workload = await asyncio.to_thread(_peer_workload, commands, options, fetch_bytes)
+            try:
+                workload = await asyncio.to_thread(_peer_workload, commands, options, fetch_bytes)
+            except StackError as exc:  # no Java or Maven, or Maven could not resolve the jars
+                raise BenchError(f"peer: {exc}") from exc
         phases.done(task)
 
         def label(r: int) -> str:

@@ -249,7 +249,10 @@ class ConnectStandalone:
         worker_file.write_text(_render(worker))
         connector_file.write_text(_render(connector))
         connector_file.chmod(0o600)  # it holds the database password
-        java = stack_kafka.check_java()
+        try:
+            java = stack_kafka.check_java()
+        except process.StackError as exc:
+            raise PeerError(str(exc)) from exc
         self.pid = process.spawn_detached(
             [
                 java,

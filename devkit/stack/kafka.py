@@ -224,7 +224,7 @@ def find_mvn() -> str:
     found = shutil.which("mvn")
     if not found:
         raise StackError(
-            "mvn not found: install Apache Maven 3.6+ (it downloads the Kafka jars once)"
+            "mvn not found: install Apache Maven 3.6+ (it fetches the Kafka and Connect jars, once)"
         )
     return found
 
