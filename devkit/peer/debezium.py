@@ -8,9 +8,10 @@ no result event.
 
 Connect runs from the jars `files/pom.xml` resolves (cached like the broker's), every plugin on
 the classpath (`plugin.discovery=service_load`), one JVM per measurement, stopped at its end.
-The rate is the rows over the time from the connector's tasks RUNNING (Connect's REST API,
-polled) to the last row's `written_at`, a column the sink does not know about whose default is
-PostgreSQL's clock: the same "start consuming → last effect" span the worker's e2e is timed on.
+A rate is rows over the time to the last row's `written_at`, a column the sink does not know
+about whose default is PostgreSQL's clock, from either the connector's tasks RUNNING in a fresh
+JVM (cold: the span the worker's e2e is timed on, from its readiness) or the connector's resume
+after as many commands (warm: a JIT-compiled JVM in a joined group). `measure` does both.
 """
 
 from __future__ import annotations
