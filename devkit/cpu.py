@@ -60,11 +60,6 @@ def _machine_busy() -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    seconds: dict[str, float]
-
-
 @dataclass
 class CpuMeter:
     """CPU seconds of the worker, PostgreSQL, Kafka and the machine between two samples."""
@@ -73,7 +68,8 @@ class CpuMeter:
     postmaster: int | None
     kafka: list[int]
 
-    def sample(self) -> Sample:
+    def sample(self) -> dict[str, float]:
+        """CPU seconds so far of each part found, by name."""
         seconds: dict[str, float] = {"machine": _machine_busy()}
         parts: list[tuple[str, list[int], bool]] = [
             ("worker", [self.worker_pid], False),
@@ -85,16 +81,18 @@ class CpuMeter:
                 if pids:
                     processes = [psutil.Process(pid) for pid in pids]
                     seconds[name] = sum(_tree(p) if tree else _own_and_reaped(p) for p in processes)
-        return Sample(seconds)
+        return seconds
 
     @staticmethod
-    def per_command(start: Sample, end: Sample, commands: int, wall_s: float) -> dict[str, float]:
+    def per_command(
+        start: dict[str, float], end: dict[str, float], commands: int, wall_s: float
+    ) -> dict[str, float]:
         """µs of CPU per command for each part, and the machine's busy share of its cores."""
         report = {
-            f"{name}_us": round((end.seconds[name] - before) / commands * 1e6, 1)
-            for name, before in start.seconds.items()
-            if name in end.seconds
+            f"{name}_us": round((end[name] - before) / commands * 1e6, 1)
+            for name, before in start.items()
+            if name in end
         }
-        busy = end.seconds["machine"] - start.seconds["machine"]
+        busy = end["machine"] - start["machine"]
         report["machine_busy_pct"] = round(100 * busy / (wall_s * (os.cpu_count() or 1)), 1)
         return report

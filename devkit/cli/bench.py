@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -72,6 +71,7 @@ from rich.table import Table
 from contracts import CaptureArtifactCommand
 from devkit import cpu, stack
 from devkit.peer import debezium as peer
+from devkit.records import Command, commands_of
 from devkit.stack.process import StackError
 from devkit.synthetic import generate_lines
 from devkit.worker_process import WorkerExited, WorkerProcess, free_port
@@ -89,7 +89,6 @@ from worker.interfaces.cli.output import console, emit_json, err_console, fail
 from worker.interfaces.cli.publish import TokenBucket
 
 STALL_TIMEOUT_S = 120.0  # no new result for this long: the phase has failed
-_IDS = re.compile(r'"command_id":"([0-9a-f-]{36})","user_id":"([0-9a-f-]{36})"')
 
 
 class BenchError(Exception):
@@ -120,27 +119,6 @@ class BenchOptions:
     peer: Peer = Peer.NONE
     #: Connect's tasks in each peer measurement; empty means (partitions, 1).
     peer_tasks: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    command_id: str
-    key: bytes
-    text: str
-
-
-def commands_of(lines: Sequence[str]) -> list[Command]:
-    """Ids and key of each generated line, without parsing the 384 numbers of each."""
-    out = []
-    for line in lines:
-        match = _IDS.match(line, 1)  # the generator writes these two fields first
-        if match is None:
-            data = json.loads(line)
-            command_id, user_id = str(data["command_id"]), str(data["user_id"])
-        else:
-            command_id, user_id = match.group(1), match.group(2)
-        out.append(Command(command_id, user_id.encode(), line))
-    return out
 
 
 def split_by_partition(commands: Sequence[Command], partitions: int) -> list[list[Command]]:
@@ -398,7 +376,7 @@ async def _wait_for_count(
 async def _publish(
     settings: Settings,
     topic: str,
-    commands: Sequence[peer.Record],
+    commands: Sequence[Command],
     *,
     rate: float | None = None,
     on_progress: Callable[[int], None] = lambda _: None,
@@ -684,8 +662,8 @@ async def bench_peer(
 @dataclass(frozen=True, slots=True)
 class PeerWorkload:
     libs: Path
-    warmup: list[peer.Encoded]
-    commands: list[peer.Encoded]
+    warmup: list[Command]
+    commands: list[Command]
     fetch_bytes: int
 
 
@@ -787,9 +765,6 @@ class Round:
     @property
     def ratio(self) -> float:
         return _ratio(self.e2e_per_s, self.b_sql_per_s)
-
-    def peer_ratio(self, tasks: int) -> float:
-        return _ratio(self.e2e_per_s, self.peer_per_s[tasks])
 
 
 async def run_bench(
@@ -1031,7 +1006,7 @@ async def run_bench(
             for key in rounds[0].cpu_us
             if all(key in x.cpu_us for x in rounds)
         },
-        "peer": _peer_report(options, rounds, peer_tasks) if workload else None,
+        "peer": _peer_report(rounds, peer_tasks) if workload else None,
         # The worker's largest RSS while the whole stream was waiting for it (e2e).
         "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
         "worker_settings": {
@@ -1049,32 +1024,24 @@ async def run_bench(
     }
 
 
-def _peer_report(
-    options: BenchOptions, rounds: Sequence[Round], tasks: Sequence[int]
-) -> dict[str, Any]:
+def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any]:
+    def medians(value: Callable[[Round, int], float], digits: int) -> dict[str, float]:
+        return {
+            str(t): round(statistics.median(value(x, t) for x in rounds), digits) for t in tasks
+        }
+
     return {
         "name": "Debezium JDBC sink connector on Kafka Connect standalone",
         "versions": {"debezium": peer.DEBEZIUM_VERSION, "connect": peer.CONNECT_VERSION},
         "sink_batch": peer.SINK_BATCH,
         # Rows, not commands: an upsert by command_id leaves one per distinct id. Warm: a
         # JIT-compiled JVM in a joined group, from resume to the last row (the targets').
-        "per_s": {
-            str(t): round(statistics.median(x.peer_per_s[t] for x in rounds), 1) for t in tasks
-        },
+        "per_s": medians(lambda x, t: x.peer_per_s[t], 1),
         # Cold: a fresh Connect from its tasks RUNNING to the last row, as e2e is timed.
-        "per_s_cold": {
-            str(t): round(statistics.median(x.peer_cold_per_s[t] for x in rounds), 1) for t in tasks
-        },
+        "per_s_cold": medians(lambda x, t: x.peer_cold_per_s[t], 1),
         # Each round's e2e against the peer measured just before it, as for b_sql.
-        "e2e/peer": {
-            str(t): round(statistics.median(x.peer_ratio(t) for x in rounds), 3) for t in tasks
-        },
-        "e2e/peer_cold": {
-            str(t): round(
-                statistics.median(_ratio(x.e2e_per_s, x.peer_cold_per_s[t]) for x in rounds), 3
-            )
-            for t in tasks
-        },
+        "e2e/peer": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_per_s[t]), 3),
+        "e2e/peer_cold": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_cold_per_s[t]), 3),
     }
 
 
@@ -1111,7 +1078,7 @@ def print_report(report: dict[str, Any]) -> None:
         for tasks, rate in report["peer"]["per_s"].items():
             cold = report["peer"]["per_s_cold"][tasks]
             table.add_row(
-                f"peer ({tasks} task{'s' if tasks != '1' else ''})",
+                f"peer ({_tasks_label(tasks)})",
                 f"{rate:,.0f}",
                 f"Debezium JDBC sink on Connect, warm (cold: {cold:,.0f})",
             )
@@ -1170,12 +1137,13 @@ def print_report(report: dict[str, Any]) -> None:
     )
 
 
-def _print_peer(peer_report: dict[str, Any]) -> None:
-    def tasks_label(tasks: str) -> str:
-        return f"{tasks} task{'s' if tasks != '1' else ''}"
+def _tasks_label(tasks: str) -> str:
+    return f"{tasks} task{'s' if tasks != '1' else ''}"
 
+
+def _print_peer(peer_report: dict[str, Any]) -> None:
     warm = ", ".join(
-        f"[bold]{ratio:.2f}[/] ({tasks_label(tasks)})"
+        f"[bold]{ratio:.2f}[/] ({_tasks_label(tasks)})"
         for tasks, ratio in peer_report["e2e/peer"].items()
     )
     cold = ", ".join(f"{ratio:.2f}" for ratio in peer_report["e2e/peer_cold"].values())

@@ -155,18 +155,15 @@ async def run_bench(
                             await repo.create_embedding_index()
                         else:
                             await repo.drop_embedding_index()
-                        if tracked:
+                        breakdown = tracked and mode.startswith("typed")
+                        if breakdown:
                             await pool.execute("SELECT pg_stat_statements_reset()")
                         cpu_before = _backend_cpu(backend)
                         calls, seconds = await _timed_run(
                             repo, lines, typed, batch_size=size, mode=mode
                         )
                         cpu = _backend_cpu(backend) - cpu_before
-                        statements = (
-                            await _statement_times(pool, len(lines))
-                            if tracked and mode.startswith("typed")
-                            else None
-                        )
+                        statements = await _statement_times(pool, len(lines)) if breakdown else None
                         digests.add(await repo.state_digest())
                         runs.append(
                             {

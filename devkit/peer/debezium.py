@@ -26,12 +26,13 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from devkit.paths import cache_dir
+from devkit.records import Command
 from devkit.stack import kafka as stack_kafka
 from devkit.stack import process
 from devkit.stack.kafka import KAFKA_VERSION
@@ -364,35 +365,18 @@ async def _truncate(url: str) -> None:
 # -- one measurement ----------------------------------------------------------------------------
 
 
-class Record(Protocol):
-    @property
-    def command_id(self) -> str: ...
-
-    @property
-    def key(self) -> bytes: ...
-
-    @property
-    def text(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    command_id: str
-    key: bytes
-    text: str
-
-
-def encode(commands: Sequence[Record], dim: int) -> list[Encoded]:
+def encode(commands: Sequence[Command], dim: int) -> list[Command]:
+    """The same records, each value in Connect JSON."""
     schema = json.dumps(value_schema(dim), separators=(",", ":"))
-    return [Encoded(c.command_id, c.key, connect_json(c.text, schema)) for c in commands]
+    return [Command(c.command_id, c.key, connect_json(c.text, schema)) for c in commands]
 
 
-def distinct_ids(commands: Sequence[Record]) -> int:
+def distinct_ids(commands: Sequence[Command]) -> int:
     """The rows an upsert by command_id leaves (a stream may repeat a command)."""
     return len({c.command_id for c in commands})
 
 
-Publish = Callable[[str, Sequence[Encoded]], Awaitable[object]]
+Publish = Callable[[str, Sequence[Command]], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,8 +403,8 @@ async def measure(
     libs: Path,
     database_url: str,
     topics: tuple[str, str],
-    warmup: Sequence[Encoded],
-    commands: Sequence[Encoded],
+    warmup: Sequence[Command],
+    commands: Sequence[Command],
     tasks: int,
     dim: int,
     index: bool,

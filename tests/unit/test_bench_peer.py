@@ -6,23 +6,16 @@ import json
 from pathlib import Path
 
 from devkit.peer import debezium as peer
+from devkit.records import commands_of
 from devkit.synthetic import generate_lines
 from worker.core.config import Settings
 
 DIM = 8
 
 
-class _Command:
-    def __init__(self, line: str) -> None:
-        self.text = line
-        data = json.loads(line)
-        self.command_id = str(data["command_id"])
-        self.key = str(data["user_id"]).encode()
-
-
 def test_a_command_is_its_own_payload_under_a_schema_of_its_fields() -> None:
     lines = list(generate_lines(5, users=2, seed=3, dim=DIM))
-    encoded = peer.encode([_Command(line) for line in lines], DIM)
+    encoded = peer.encode(commands_of(lines), DIM)
     for line, record in zip(lines, encoded, strict=True):
         envelope = json.loads(record.text)
         assert envelope["payload"] == json.loads(line)
@@ -40,7 +33,7 @@ def test_a_command_is_its_own_payload_under_a_schema_of_its_fields() -> None:
 
 def test_distinct_ids_counts_the_rows_an_upsert_leaves() -> None:
     lines = list(generate_lines(3, users=1, seed=1, dim=DIM))
-    commands = [_Command(line) for line in [*lines, lines[0]]]
+    commands = commands_of([*lines, lines[0]])
     assert peer.distinct_ids(commands) == 3
 
 
