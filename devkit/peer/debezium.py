@@ -23,8 +23,9 @@ import signal
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,7 +49,6 @@ POM = FILES / "pom.xml"
 LOG4J2 = FILES / "log4j2.xml"
 TABLE = "peer_captures"
 HEAP = "1g"
-CONNECTOR = "capture-peer"
 #: The sink's statement batch, as the peer was measured with when the target was set.
 SINK_BATCH = 500
 READY_TIMEOUT_S = 120.0
@@ -202,10 +202,11 @@ def worker_properties(
     }
 
 
-def connector_properties(topic: str, database_url: str, *, tasks: int) -> dict[str, str]:
+def connector_properties(name: str, topic: str, database_url: str, *, tasks: int) -> dict[str, str]:
+    """The sink's settings; `name` also names its consumer group (connect-<name>)."""
     jdbc_url, user, password = _jdbc(database_url)
     return {
-        "name": CONNECTOR,
+        "name": name,
         "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
         "tasks.max": str(tasks),
         "topics": topic,
@@ -238,6 +239,9 @@ class ConnectStandalone:
     libs: Path
     work_dir: Path
     rest_port: int
+    #: The connector's name, one per measurement: its consumer group is connect-<name>, so
+    #: two benches on one cluster never share a group.
+    name: str = field(default_factory=lambda: f"capture-peer-{uuid.uuid4().hex[:10]}")
     pid: int | None = None
 
     @property
@@ -283,7 +287,7 @@ class ConnectStandalone:
 
     def _rest(self, method: str, path: str) -> dict[str, Any] | None:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.rest_port}/connectors/{CONNECTOR}{path}", method=method
+            f"http://127.0.0.1:{self.rest_port}/connectors/{self.name}{path}", method=method
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback http)
@@ -433,7 +437,7 @@ async def measure(
         worker_properties(
             settings, work_dir=work_dir, rest_port=connect.rest_port, fetch_bytes=fetch_bytes
         ),
-        connector_properties(f"{warm_topic},{topic}", database_url, tasks=tasks),
+        connector_properties(connect.name, f"{warm_topic},{topic}", database_url, tasks=tasks),
     )
     try:
         await connect.wait_state("RUNNING", tasks)

@@ -39,8 +39,9 @@ def test_distinct_ids_counts_the_rows_an_upsert_leaves() -> None:
 
 def test_the_connector_upserts_by_command_id_into_the_table_the_bench_made() -> None:
     props = peer.connector_properties(
-        "cmds", "postgresql://bench:p%40ss@127.0.0.1:5433/cw_bench_x", tasks=6
+        "capture-peer-1", "cmds", "postgresql://bench:p%40ss@127.0.0.1:5433/cw_bench_x", tasks=6
     )
+    assert props["name"] == "capture-peer-1"
     assert props["connection.url"] == "jdbc:postgresql://127.0.0.1:5433/cw_bench_x"
     assert (props["connection.username"], props["connection.password"]) == ("bench", "p@ss")
     assert props["insert.mode"] == "upsert"
@@ -52,6 +53,14 @@ def test_the_connector_upserts_by_command_id_into_the_table_the_bench_made() -> 
     assert any(peer.TABLE in statement for statement in peer.table_ddl(DIM, index=False))
     hnsw = peer.table_ddl(DIM, index=True)[-1]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
+
+
+def test_every_connect_has_a_connector_and_so_a_consumer_group_of_its_own(
+    tmp_path: Path,
+) -> None:
+    first = peer.ConnectStandalone(Path("libs"), tmp_path, rest_port=1)
+    second = peer.ConnectStandalone(Path("libs"), tmp_path, rest_port=1)
+    assert first.name != second.name
 
 
 def test_the_worker_properties_carry_the_cluster_credentials_to_the_sink_consumer(
