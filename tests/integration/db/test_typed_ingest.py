@@ -39,6 +39,7 @@ from worker.infrastructure.db_errors import batch_element
 from worker.infrastructure.repository import ArtifactRepository, typed_arguments
 
 Normalised = tuple[Any, ...]
+_TYPED = "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)"
 
 
 def typed(c: dict[str, Any]) -> IngestCommand:
@@ -96,10 +97,7 @@ async def through_typed(
         out: list[Normalised] = []
         for start in range(0, len(commands), batch):
             chunk = [typed(c) for c in commands[start : start + batch]]
-            elements = await pool.fetchval(
-                "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)",
-                *typed_arguments(chunk),
-            )
+            elements = await pool.fetchval(_TYPED, *typed_arguments(chunk))
             out.extend(normalise(batch_element(e)) for e in elements)
         return out, await repo.state_digest()
     finally:
@@ -244,9 +242,7 @@ async def test_the_common_case_takes_no_subtransaction(
                 conn, "SELECT capture.ingest_batch($1::jsonb)", json_batch
             )
             columns = typed_arguments([typed(c) for c in commands[half:]])
-            by_typed = await _subtransactions_after(
-                conn, "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)", *columns
-            )
+            by_typed = await _subtransactions_after(conn, _TYPED, *columns)
     finally:
         await pool.close()
     assert by_json == half  # the reference: one per command that wrote
@@ -332,3 +328,38 @@ async def test_the_typed_functions_pin_pg_temp_last(db_url: str) -> None:
         assert not row["public_may"]
         # Only the entry point runs with the owner's rights, and only it is the worker's.
         assert row["prosecdef"] == row["worker_may"] == (row["proname"] == "ingest_typed")
+
+
+async def _scans(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(sequential, index) scans of the ledger and the artifacts so far, this session's included."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # flushed once this call ends
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await conn.fetchrow(
+        "SELECT sum(seq_scan)::bigint AS seq, sum(idx_scan)::bigint AS idx"
+        " FROM pg_stat_user_tables WHERE schemaname = 'capture'"
+        " AND relname IN ('artifacts', 'command_ledger')"
+    )
+    return int(row["seq"]), int(row["idx"])
+
+
+async def test_a_batch_probes_the_indexes_even_on_statistics_of_an_empty_table(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """The session caches each statement's plan, made on the statistics of that moment. Planned
+    after a TRUNCATE (a table that looks like ten pages), the batch's lookups in the ledger and
+    the artifacts must still be index probes, not a read of the whole table per batch."""
+    rng = np.random.default_rng(12)
+    commands = [typed(c) for c in stream(rng, users=[new_id() for _ in range(4)], per_user=60)]
+    pool = await create_pool(await fresh_database(), max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT capture.reset_state()")
+            for start in range(0, 160, 20):  # past the five custom plans: the generic one is kept
+                await conn.fetchval(_TYPED, *typed_arguments(commands[start : start + 20]))
+            seq_before, idx_before = await _scans(conn)
+            await conn.fetchval(_TYPED, *typed_arguments(commands[160:]))
+            seq_after, idx_after = await _scans(conn)
+    finally:
+        await pool.close()
+    assert idx_after - idx_before >= len(commands) - 160  # a probe per command, at least
+    assert seq_after == seq_before
