@@ -41,9 +41,13 @@ SET search_path = pg_catalog, capture, extensions, public, pg_temp
 -- truncated table looks like ten pages. Planned on such statistics, the batch's joins to the
 -- ledger and the artifacts became hash joins over sequential scans: every batch then read
 -- both tables whole (measured: the cost per command grew with the table until an ANALYZE).
+-- With the plans' shape pinned, one plan per statement for the session is enough: planning
+-- anew on each call's arrays (what the plan cache chose for some statements, and for all of
+-- them on small batches) cost more than a one-command batch's work.
 SET enable_seqscan = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_canonical   text[];
