@@ -1,4 +1,4 @@
-"""The typed, binary ingest (`ingest_typed`, migration 0005) against the reference.
+"""The typed, binary ingest (`ingest_typed`, migrations 0005 and 0006) against the reference.
 
 `ingest_with_signal(jsonb)` is the contract. The same streams (poison the database refuses,
 conflicts, repeats, several interleavings of the users) go through the reference one command
