@@ -89,7 +89,7 @@ def test_the_typed_runs_break_the_time_down_by_statement(tracking_server: str) -
         queries = [s["query"] for s in statements]
         # The top-level call, and the statements inside it (track = all).
         assert any("capture.ingest_typed" in q for q in queries), queries
-        assert any(q.startswith("INSERT INTO capture.artifacts") for q in queries), queries
+        assert any(q.startswith("INSERT INTO capture.command_ledger") for q in queries), queries
         total = next(s for s in statements if "capture.ingest_typed" in s["query"])
         assert total["calls"] == 6  # 120 commands in batches of 20
         assert all(0 < s["exec_us_per_command"] <= total["exec_us_per_command"] for s in statements)
