@@ -354,7 +354,8 @@ async def test_a_batch_probes_the_indexes_even_on_statistics_of_an_empty_table(
     try:
         async with pool.acquire() as conn:
             await conn.execute("SELECT capture.reset_state()")
-            for start in range(0, 160, 20):  # past the five custom plans: the generic one is kept
+            # The session's plans are made here, on statistics that still say empty, and kept.
+            for start in range(0, 160, 20):
                 await conn.fetchval(_TYPED, *typed_arguments(commands[start : start + 20]))
             seq_before, idx_before = await _scans(conn)
             await conn.fetchval(_TYPED, *typed_arguments(commands[160:]))
