@@ -56,12 +56,12 @@ DECLARE
     v_levels      capture.engagement_level[];
     v_stored      uuid[];
     v_stored_res  jsonb[];
-    v_first       integer[];   -- an earlier element of this batch that took the same command_id
-    v_applied     integer[];   -- the elements applied here, in order
+    v_first       integer[];  -- an earlier element of this batch that took the same command_id
+    v_applied     integer[];  -- the elements applied here, in order
     v_creating    integer[];  -- those of them that create their artifact, in order
     v_creates     boolean[];  -- the same, by element
     v_artifact    uuid[];
-    v_owner       integer[];   -- the element whose artifact state this one reports (see 1.)
+    v_owner       integer[];  -- the element whose artifact state this one reports (see 1.)
     v_prev        capture.engagement_level[];
     v_subspace    uuid[];
     v_sub_created boolean[];
@@ -146,9 +146,8 @@ BEGIN
     ), placed AS (
         -- An applied element's artifact: stored already, or created by the first applied
         -- element on it (its "owner": the element whose subspace it reports).
-        SELECT p.*, a.artifact_id IS NOT NULL AS stored_artifact,
-               a.engagement_level AS stored_level, a.subspace_id, a.assignment_margin,
-               a.runner_up_subspace_id,
+        SELECT p.*, a.artifact_id IS NOT NULL AS stored_artifact, a.subspace_id,
+               a.assignment_margin, a.runner_up_subspace_id,
                CASE WHEN p.applied AND a.artifact_id IS NULL
                     THEN min(p.ord) FILTER (WHERE p.applied) OVER (PARTITION BY p.artifact)
                     ELSE p.ord END AS owner,
@@ -263,13 +262,14 @@ BEGIN
         WHEN v_problems[k] IS NOT NULL THEN
             capture._refusal(command_ids[k], 'constraint', substr(v_problems[k], 6),
                              left(v_problems[k], 5))
-        WHEN v_first[k] IS NOT NULL THEN NULL  -- a repeat within the batch: below
-        WHEN v_stored[k] IS NOT NULL AND v_hash[k] = v_stored[k] THEN v_stored_res[k]
-        WHEN v_stored[k] IS NOT NULL THEN
+        -- Processed before, earlier in this batch or in the ledger, with another payload.
+        WHEN v_hash[k] <> coalesce(v_hash[v_first[k]], v_stored[k]) THEN
             capture._refusal(command_ids[k], 'conflict',
                 format('command_id %s: already processed with a different payload',
                        command_ids[k]),
                 'CW409')
+        WHEN v_first[k] IS NOT NULL THEN NULL  -- a repeat within the batch: below
+        WHEN v_stored[k] IS NOT NULL THEN v_stored_res[k]
         ELSE jsonb_build_object(
             'event_id', md5('capture.result:' || command_ids[k])::uuid,
             'command_id', command_ids[k],
@@ -291,13 +291,10 @@ BEGIN
     INTO v_results
     FROM generate_series(1, cardinality(command_ids)) AS g(k);
 
-    FOR i IN SELECT k FROM generate_series(1, cardinality(command_ids)) AS g(k)
-             WHERE v_first[k] IS NOT NULL AND v_problems[k] IS NULL LOOP
-        v_results[i] := CASE WHEN v_hash[i] = v_hash[v_first[i]] THEN v_results[v_first[i]]
-            ELSE capture._refusal(command_ids[i], 'conflict',
-                format('command_id %s: already processed with a different payload',
-                       command_ids[i]),
-                'CW409') END;
+    FOR i IN 1 .. cardinality(command_ids) LOOP
+        IF v_results[i] IS NULL THEN  -- the element that took its command_id came first
+            v_results[i] := v_results[v_first[i]];
+        END IF;
     END LOOP;
 
     -- A concurrent transaction of another user may hold one of these command_ids uncommitted
