@@ -1,0 +1,76 @@
+"""The publisher against a real broker: results go out as record batches per partition, and
+must land exactly where (and in the order) one send() per result would have put them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from contracts import ErrorKind
+from tests.fixtures.services import MakeTopic
+from tests.support.kafka import read_all
+from worker.application.capture import Outcome, result_bytes
+from worker.application.ports import Envelope
+from worker.domain.errors import PermanentError
+from worker.infrastructure.result_publisher import OutcomePublisher
+
+
+def _outcome(sequence: int, user_id: uuid.UUID) -> Outcome:
+    command_id = uuid.uuid4()
+    envelope = Envelope("commands", 0, sequence, str(user_id).encode(), b"{}", ())
+    # A result of ~300 bytes: a 4 KB producer batch holds about a dozen.
+    result = {
+        "command_id": str(command_id),
+        "user_id": str(user_id),
+        "sequence": sequence,
+        "status": "ingested",
+        "padding": "x" * 160,
+    }
+    return Outcome(envelope, result, None, user_id, command_id)
+
+
+async def test_results_land_on_their_users_partition_in_order_across_many_batches(
+    kafka_client_options: dict[str, object], kafka_bootstrap: str, make_topic: MakeTopic
+) -> None:
+    results, dlq = await make_topic(3, suffix="res"), await make_topic(1, suffix="dlq")
+    users = [uuid.uuid4() for _ in range(7)]
+    outcomes = [_outcome(i, users[i % len(users)]) for i in range(300)]
+    poison = Envelope("commands", 0, 300, b"not-a-user", b"{not json", ())
+    outcomes.append(
+        Outcome(poison, None, PermanentError(ErrorKind.UNDECODABLE, "not valid UTF-8 JSON"))
+    )
+    # Small batches, so that every partition's results need several of them.
+    producer = AIOKafkaProducer(
+        **kafka_client_options, acks="all", enable_idempotence=True, max_batch_size=4096
+    )
+    await producer.start()
+    try:
+        publisher = OutcomePublisher(producer, results_topic=results, dlq_topic=dlq)
+        await publisher.publish(outcomes[:150])
+        await publisher.publish(outcomes[150:])
+    finally:
+        await producer.stop()
+
+    records = await read_all(kafka_bootstrap, results)
+    assert len(records) == 300
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    partitioner = DefaultPartitioner()
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        body = json.loads(record.value or b"")
+        sent = outcomes[body["sequence"]]
+        assert record.key == str(sent.user_id).encode()
+        assert record.value == result_bytes(sent.result or {})
+        # Where Kafka's default partitioner (murmur2 of the key) puts that key.
+        assert record.partition == partitioner(record.key, [0, 1, 2], [0, 1, 2])
+        by_partition[record.partition].append(body["sequence"])
+    assert sorted(s for seqs in by_partition.values() for s in seqs) == list(range(300))
+    for sequences in by_partition.values():
+        assert sequences == sorted(sequences)  # each partition in publish order
+    assert len(by_partition) > 1
+
+    (letter,) = await read_all(kafka_bootstrap, dlq)
+    assert letter.value == b"{not json"
