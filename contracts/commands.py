@@ -76,13 +76,17 @@ def float32_embedding(numbers: list[float]) -> Embedding:
 
     struct refuses exactly the numbers that round to infinity in float32 (magnitude from
     FLOAT32_OVERFLOW on); "all zero" is judged on the float32s (magnitude at most FLOAT32_ZERO
-    rounds to zero), with one big-integer AND instead of a pass over Python floats.
+    rounds to zero). ±0.0 is made of the bytes 00 and 80 only, so any other byte at either end
+    of the packed form settles it at once; otherwise one big-integer AND, not a pass over
+    Python floats, masks every sign bit.
     """
     try:
         packed = pack_float32(numbers)
     except OverflowError:
         raise ValueError("numbers must fit in float32 (magnitude below 3.4028235e38)") from None
-    if not int.from_bytes(packed, "big") & _float32_be(len(numbers))[1]:
+    if not packed.strip(b"\x00\x80") and not (
+        int.from_bytes(packed, "big") & _float32_be(len(numbers))[1]
+    ):
         raise ValueError("must not be all zero (as float32)")
     return Embedding(numbers, packed)
 

@@ -67,6 +67,8 @@ class CpuMeter:
     worker_pid: int
     postmaster: int | None
     kafka: list[int]
+    #: Also this process (without its children): the bench's own publisher and reader.
+    own: bool = False
 
     def sample(self) -> dict[str, float]:
         """CPU seconds so far of each part found, by name."""
@@ -76,6 +78,9 @@ class CpuMeter:
             ("postgresql", [self.postmaster] if self.postmaster else [], True),
             ("kafka", self.kafka, False),
         ]
+        if self.own:
+            times = psutil.Process().cpu_times()
+            seconds["bench"] = float(times.user + times.system)
         for name, pids, tree in parts:
             with contextlib.suppress(psutil.Error):
                 if pids:

@@ -511,7 +511,7 @@ async def bench_e2e(
     watcher = asyncio.ensure_future(worker.watch_rss())
     try:
         started = await worker.wait_ready_async()
-        meter = cpu.CpuMeter(proc.pid, postmaster, cpu.kafka_pids())
+        meter = cpu.CpuMeter(proc.pid, postmaster, cpu.kafka_pids(), own=True)
         before = meter.sample()
         await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
         after = meter.sample()
@@ -534,11 +534,22 @@ async def bench_latency(
     *,
     rate: float,
     phases: Phases,
-) -> dict[str, float]:
-    """Publish at `rate` to the running, idle worker; latency from the records' timestamps."""
+    postmaster: int | None,
+) -> dict[str, Any]:
+    """Publish at `rate` to the running, idle worker; latency from the records' timestamps.
+
+    Also what the phase cost: CPU per command of each part (the bench's own publisher and
+    reader too, which share the machine), and the worker's mean batch: a steady rate gives it
+    smaller batches than a waiting stream, and each command costs more in them.
+    """
     task = phases.start(f"latency  {rate:,.0f}/s steady", len(commands))
     base_offsets = await reader.end_offsets()
     base = sum(base_offsets.values())
+    assert worker.proc is not None
+    meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
+    batches_before = _lane_batches(worker)
+    before = meter.sample()
+    started = time.time()
     sent = await _publish(
         settings,
         settings.commands_topic,
@@ -549,6 +560,9 @@ async def bench_latency(
     await _wait_for_count(
         reader, len(commands), phases=phases, task=task, base=base, alive=worker.alive
     )
+    after = meter.sample()
+    used = cpu.CpuMeter.per_command(before, after, len(commands), time.time() - started)
+    batches_after = _lane_batches(worker)
     # A producer retry in the stream repeats a command_id: pair the n-th sending with the
     # n-th result of that id.
     sent_at: dict[str, list[int]] = defaultdict(list)
@@ -566,7 +580,20 @@ async def bench_latency(
         raise BenchError(f"latency: {len(latencies)} results matched of {len(commands)}")
     stats = percentiles(latencies)
     phases.done(task, f"p99 {stats['p99']:.0f} ms")
-    return {**stats, "rate_per_s": round(rate, 1), "messages": len(commands)}
+    handled = batches_after[0] - batches_before[0]
+    lane_batches = batches_after[1] - batches_before[1]
+    return {
+        **stats,
+        "rate_per_s": round(rate, 1),
+        "messages": len(commands),
+        "batch_mean": round(handled / lane_batches, 1) if lane_batches else 0.0,
+        "cpu": used,
+    }
+
+
+def _lane_batches(worker: WorkerProcess) -> tuple[float, float]:
+    """(records handled, partition batches) so far, from the worker's own histogram."""
+    return worker.metric("capture_batch_size_sum"), worker.metric("capture_batch_size_count")
 
 
 async def bench_naive(
@@ -947,6 +974,7 @@ async def run_bench(
             latency_commands,
             rate=rate,
             phases=phases,
+            postmaster=postmaster,
         )
         await worker.stop()
         await resources.drop(e2e_urls[-1])
@@ -1107,20 +1135,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"   same state as b_sql: {'yes' if report['same_state'] else '[red]NO[/]'}"
         f"   worker peak RSS during e2e [bold]{report['worker_peak_rss_mib']:,.0f}[/] MiB"
     )
-    used = report["e2e_cpu"]
-    parts = [
-        f"{name} {used[f'{name}_us']:,.0f} µs"
-        for name in ("worker", "postgresql", "kafka", "machine")
-        if f"{name}_us" in used
-    ]
-    console.print(
-        f"CPU per command during e2e: {', '.join(parts)}; machine busy "
-        f"{used['machine_busy_pct']:.0f}%"
-    )
+    console.print(f"CPU per command during e2e: {_cpu_parts(report['e2e_cpu'])}")
     console.print(
         f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "
         f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 [bold]{lat['p99']:.0f}[/] ms, "
         f"max {lat['max']:.0f} ms"
+    )
+    console.print(
+        f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
+        f"{lat['batch_mean']:,.0f} commands on average"
     )
     ws = report["worker_settings"]
     console.print(
@@ -1135,6 +1158,21 @@ def print_report(report: dict[str, Any]) -> None:
         f"(synchronous_commit={m['synchronous_commit']}), {m['kafka']}, Python {m['python']}; "
         f"load {m['load_1m']}; {report['seconds']:.0f} s[/]"
     )
+
+
+def _cpu_parts(used: dict[str, float]) -> str:
+    parts = [
+        f"{label} {used[f'{name}_us']:,.0f} µs"
+        for name, label in (
+            ("worker", "worker"),
+            ("postgresql", "postgresql"),
+            ("kafka", "kafka"),
+            ("bench", "bench (publisher, reader)"),
+            ("machine", "machine"),
+        )
+        if f"{name}_us" in used
+    ]
+    return f"{', '.join(parts)}; machine busy {used['machine_busy_pct']:.0f}%"
 
 
 def _tasks_label(tasks: str) -> str:

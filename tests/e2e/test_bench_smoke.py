@@ -110,10 +110,19 @@ async def test_bench_reports_every_measure_as_one_json_object(
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["postgresql"] and machine["kafka"]
     # The stack's PostgreSQL and Kafka run on this machine: each part's CPU is found and counted.
-    used = report["e2e_cpu"]
-    for part in ("worker_us", "postgresql_us", "kafka_us", "machine_us"):
-        assert used[part] > 0, (part, used)
-    assert 0 < used["machine_busy_pct"] <= 100
+    # The bench's own share too: in e2e only its reader runs (it may not use one clock tick of
+    # a short phase), in the latency phase its publisher as well.
+    for used, parts in (
+        (report["e2e_cpu"], ("worker_us", "postgresql_us", "kafka_us", "machine_us")),
+        (latency["cpu"], ("worker_us", "postgresql_us", "kafka_us", "bench_us", "machine_us")),
+    ):
+        for part in parts:
+            assert used[part] > 0, (part, used)
+        assert used["bench_us"] >= 0
+        assert 0 < used["machine_busy_pct"] <= 100
+    # The worker's mean batch at the steady rate: records per partition batch, so at least one
+    # and at most all of them.
+    assert 1 <= latency["batch_mean"] <= latency["messages"]
 
     # Nothing of the run is left behind.
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)

@@ -304,6 +304,8 @@ def test_the_float32_form_is_what_struct_packs_and_the_verdict_is_the_float32_on
         (FLOAT32_ZERO, "must not be all zero"),  # rounds to 0 (ties to even)
         (-FLOAT32_ZERO, "must not be all zero"),
         (2.0**-149, None),  # the smallest float32 subnormal
+        (2.0**-126, None),  # 00 80 00 00: only bytes that ±0.0 is made of, yet not zero
+        (-(2.0**-126), None),  # 80 80 00 00
         (commands_module.FLOAT32_OVERFLOW, "must fit in float32"),
         (-commands_module.FLOAT32_OVERFLOW, "must fit in float32"),
         (math.nextafter(commands_module.FLOAT32_OVERFLOW, 0.0), None),  # rounds to float32 max
