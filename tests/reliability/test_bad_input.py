@@ -38,7 +38,7 @@ from tests.support.scenario import (
     wait_done,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -334,12 +334,12 @@ async def test_generated_bad_input_is_classified_and_blocks_nothing(
     assert set(kinds) == {UNDECODABLE, INVALID, VERSION, OVERSIZE, CONSTRAINT}, kinds
     assert sum("capture.value.dropped" in h for h in dead) == 1  # the 3 MiB one
 
-    summary = await tally(
+    summary = await scenario.conclude(
+        "bad input: generated payloads",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=0,
     )
-    scenario.finish("bad input: generated payloads", summary, sent, faults=0)
     assert summary.redelivered == 0  # no fault, so nothing may have been handled twice

@@ -23,11 +23,11 @@ from tests.support.scenario import (
     ready,
     stack,
     topics_of,
+    wait_applied,
     wait_done,
-    wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("native_stack")]
 
@@ -49,10 +49,7 @@ async def test_kafka_restart_mid_stream(
     await ready(worker)
     await feed(topics, before)
 
-    async def mid_stream() -> bool:
-        return await applied(worker_setup.database_url) >= 400
-
-    await wait_until(mid_stream, timeout_s=60, what="400 applied", workers=(worker,))
+    await wait_applied(worker_setup.database_url, 400, workers=(worker,), timeout_s=60)
     with ReadinessWatch(worker, "kafka") as watch:
         at_restart = await applied(worker_setup.database_url)
         await stack("restart", "kafka")
@@ -64,17 +61,16 @@ async def test_kafka_restart_mid_stream(
     assert watch.down_seen, f"/readyz never reported kafka down ({watch.samples} samples)"
     assert at_restart < len(before) - 16, "the restart did not land mid-stream"
     await ready(worker, 30)
-    assert worker.terminate() == 0, worker.tail_log()
+    await scenario.conclude(
+        "broker restart mid-stream",
+        sent,
+        topics,
+        database_url=worker_setup.database_url,
+        fresh_database=fresh_database,
+        faults=faults,
+        stop=(worker,),
+    )
     # aiokafka's reconnect errors are throttled: unthrottled, this restart logged thousands
     # (about 300 a second while the broker was away); now each kind once per 10 s.
     errors = [line for line in worker.log_path.read_text().splitlines() if '"error"' in line]
     assert len(errors) < 100, f"{len(errors)} error lines, e.g.\n" + "\n".join(errors[:20])
-
-    summary = await tally(
-        sent,
-        topics,
-        database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
-        faults=faults,
-    )
-    scenario.finish("broker restart mid-stream", summary, sent, faults=faults)

@@ -43,11 +43,12 @@ from tests.support.scenario import (
     assert_alive,
     ready,
     topics_of,
+    wait_applied,
     wait_done,
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 from worker.infrastructure.topics import ensure_topics
 
 # Each scenario may also pay for the module's cluster start (three JVMs, ~1 min when loaded).
@@ -91,17 +92,16 @@ async def _finish(
     topics = topics_of(setup)
     workers = tuple(setup.processes)
     await wait_done(topics, sent, setup.database_url, workers=workers, timeout_s=DONE_TIMEOUT_S)
-    for worker in workers:
-        assert_alive(worker)
-        assert worker.terminate() == 0, worker.tail_log()
-    summary = await tally(
+    assert_alive(*workers)
+    await scenario.conclude(
+        title,
         sent,
         topics,
         database_url=setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=workers,
     )
-    scenario.finish(title, summary, sent, faults=faults)
 
 
 async def test_leader_of_the_busiest_partitions_sigkilled_and_back(
@@ -121,10 +121,7 @@ async def test_leader_of_the_busiest_partitions_sigkilled_and_back(
     await ready(worker, 120)
     feeder = asyncio.create_task(feed(topics, sent.items, chunk=250, pause_s=0.3))
 
-    async def mid_stream() -> bool:
-        return await applied(setup.database_url) >= 600
-
-    await wait_until(mid_stream, timeout_s=180, what="600 applied", workers=(worker,))
+    await wait_applied(setup.database_url, 600, workers=(worker,), timeout_s=180)
     await asyncio.sleep(rng.uniform(0.0, 0.5))
     at_kill = await applied(setup.database_url)
     kafka_cluster.kill(node)
@@ -161,10 +158,7 @@ async def test_one_node_down_30s_while_publishing(
     await ready(worker, 120)
     await feed(topics, before)
 
-    async def started() -> bool:
-        return await applied(setup.database_url) >= 300
-
-    await wait_until(started, timeout_s=180, what="300 applied", workers=(worker,))
+    await wait_applied(setup.database_url, 300, workers=(worker,), timeout_s=180)
     await kafka_cluster.stop(node)
     down_at = time.monotonic()
     results_at_stop = await count(topics, topics.results)

@@ -25,7 +25,7 @@ from tests.support.scenario import (
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -73,13 +73,12 @@ async def test_sigkill_three_times_mid_stream(
     assert await feeder == len(sent.items)
     await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
     assert_alive(worker)
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "crash: SIGKILL x3 during 5,000 commands",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=(worker,),
     )
-    scenario.finish("crash: SIGKILL x3 during 5,000 commands", summary, sent, faults=faults)

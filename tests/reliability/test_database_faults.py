@@ -21,16 +21,15 @@ from tests.support.scenario import (
     ReadinessWatch,
     Scenario,
     add_stream_with_poison,
-    applied,
     assert_alive,
     ready,
     stack,
     topics_of,
+    wait_applied,
     wait_done,
-    wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("native_stack")]
 
@@ -53,10 +52,7 @@ async def test_postgres_restart_mid_stream(
     await ready(worker)
     await feed(topics, before)
 
-    async def mid_stream() -> bool:
-        return await applied(worker_setup.database_url) >= 400
-
-    await wait_until(mid_stream, timeout_s=60, what="400 applied", workers=(worker,))
+    await wait_applied(worker_setup.database_url, 400, workers=(worker,), timeout_s=60)
     # The rest keeps arriving through the restart (~8 s of it), so there is work in flight
     # whenever the server goes away, however fast the worker caught up before.
     feeder = asyncio.create_task(feed(topics, rest, chunk=100, pause_s=0.5))
@@ -74,16 +70,15 @@ async def test_postgres_restart_mid_stream(
     assert watch.down_seen, f"/readyz never reported postgresql down ({watch.samples} samples)"
     assert worker.metric("capture_retries_total") > 0
     await ready(worker, 30)
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "PostgreSQL restart mid-stream",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=(worker,),
     )
-    scenario.finish("PostgreSQL restart mid-stream", summary, sent, faults=faults)
 
 
 async def test_postgres_unreachable_for_30_seconds(
@@ -101,10 +96,7 @@ async def test_postgres_unreachable_for_30_seconds(
     await ready(worker)
     await feed(topics, before)
 
-    async def half() -> bool:
-        return await applied(worker_setup.database_url) >= 300
-
-    await wait_until(half, timeout_s=60, what="300 applied", workers=(worker,))
+    await wait_applied(worker_setup.database_url, 300, workers=(worker,), timeout_s=60)
     with ReadinessWatch(worker, "postgresql") as watch:
         await stack("stop", "postgres")
         stopped = time.monotonic()
@@ -122,13 +114,12 @@ async def test_postgres_unreachable_for_30_seconds(
         await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
     await ready(worker, 30)
     assert worker.metric("capture_retries_total") > 0
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "PostgreSQL unreachable for 30 s",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=(worker,),
     )
-    scenario.finish("PostgreSQL unreachable for 30 s", summary, sent, faults=faults)

@@ -28,7 +28,7 @@ from tests.support.scenario import (
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -85,13 +85,12 @@ async def test_a_handler_bug_on_one_record_is_dead_lettered_as_internal(
     headers = dict(dead[0].headers)
     assert headers[H.ERROR_KIND] == b"internal"
     assert b"ZeroDivisionError: injected handler bug" in headers[H.ERROR_MESSAGE]
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "handler bug on one record of 1,200",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=0,
+        stop=(worker,),
     )
-    scenario.finish("handler bug on one record of 1,200", summary, sent, faults=0)

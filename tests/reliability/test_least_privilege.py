@@ -23,7 +23,7 @@ from tests.support.scenario import (
     wait_done,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -68,13 +68,12 @@ async def test_worker_as_the_least_privilege_login(
     worker = worker_setup.start()
     await ready(worker)
     await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "worker as the least-privilege login",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=0,
+        stop=(worker,),
     )
-    scenario.finish("worker as the least-privilege login", summary, sent, faults=0)

@@ -27,7 +27,7 @@ from tests.support.scenario import (
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -85,14 +85,12 @@ async def test_two_then_three_workers_then_one_killed(
     # The survivors did the rest, including the victim's partitions (else nothing would finish).
     assert sum(processed(w) for w in survivors) > before
     assert_alive(*survivors)
-    for w in survivors:
-        assert w.terminate() == 0, w.tail_log()
-
-    summary = await tally(
+    await scenario.conclude(
+        "scale-out 2 -> 3 workers, one SIGKILLed",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=survivors,
     )
-    scenario.finish("scale-out 2 -> 3 workers, one SIGKILLed", summary, sent, faults=faults)

@@ -44,7 +44,7 @@ from tests.support.scenario import (
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -331,9 +331,12 @@ async def run_phases(
     worker = WorkerProcess(env, log_dir / "worker-again.log").start()
     await wait_done(topics, second, admin_url, workers=(worker,), timeout_s=90)
     assert_no_secrets(worker)
-    assert worker.terminate() == 0, worker.tail_log()
-
-    summary = await tally(
-        second, topics, database_url=admin_url, reference_url=await fresh_database(), faults=faults
+    await scenario.conclude(
+        "security: login role, SASL, hostile strings",
+        second,
+        topics,
+        database_url=admin_url,
+        fresh_database=fresh_database,
+        faults=faults,
+        stop=(worker,),
     )
-    scenario.finish("security: login role, SASL, hostile strings", summary, second, faults=faults)

@@ -30,7 +30,7 @@ from tests.support.scenario import (
     wait_until,
 )
 from tests.support.streams import make_stream
-from tests.support.tally import Sent, tally
+from tests.support.tally import Sent
 
 pytestmark = pytest.mark.reliability
 
@@ -96,12 +96,12 @@ async def test_one_user_locked_for_10_s_others_flow(
         await holder.close()
 
     await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
-    assert worker.terminate() == 0, worker.tail_log()
-    summary = await tally(
+    await scenario.conclude(
+        "one user locked for 10 s",
         sent,
         topics,
         database_url=worker_setup.database_url,
-        reference_url=await fresh_database(),
+        fresh_database=fresh_database,
         faults=faults,
+        stop=(worker,),
     )
-    scenario.finish("one user locked for 10 s", summary, sent, faults=faults)

@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,7 +21,7 @@ from devkit.poison import poison_payloads
 from devkit.worker_process import WorkerProcess
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka_io import Topics, count, uncommitted
-from tests.support.tally import Sent, Summary, readable_command_id
+from tests.support.tally import Sent, Summary, readable_command_id, tally
 
 VALID_HEADERS = [("trace-id", b"t-1")]
 POISON_HEADERS = [("trace-id", b"\xff\xfe raw")]  # not UTF-8: must reach the DLQ untouched
@@ -51,6 +51,31 @@ class Scenario:
         print(f"\n{title}: {summary.line()}")
         assert not summary.problems, "\n".join(summary.problems)
         assert summary.line() == summary.expected_line(sent, faults)
+
+    async def conclude(
+        self,
+        title: str,
+        sent: Sent,
+        topics: Topics,
+        *,
+        database_url: str,
+        fresh_database: Callable[[], Awaitable[str]],
+        faults: int,
+        stop: Sequence[WorkerProcess] = (),
+    ) -> Summary:
+        """How every scenario ends: the workers in `stop` exit cleanly (0, after SIGTERM), then
+        the tally against a fresh database fed the same valid commands, recorded and asserted."""
+        for worker in stop:
+            assert worker.terminate() == 0, worker.tail_log()
+        summary = await tally(
+            sent,
+            topics,
+            database_url=database_url,
+            reference_url=await fresh_database(),
+            faults=faults,
+        )
+        self.finish(title, summary, sent, faults=faults)
+        return summary
 
 
 def topics_of(setup: WorkerSetup) -> Topics:
@@ -124,6 +149,17 @@ async def applied(database_url: str) -> int:
         return -1
     finally:
         await conn.close()
+
+
+async def wait_applied(
+    database_url: str, at_least: int, *, workers: tuple[WorkerProcess, ...], timeout_s: float
+) -> None:
+    """Until the database has applied `at_least` commands (a scenario's "mid-stream")."""
+
+    async def reached() -> bool:
+        return await applied(database_url) >= at_least
+
+    await wait_until(reached, timeout_s=timeout_s, what=f"{at_least} applied", workers=workers)
 
 
 async def stack(*args: str) -> None:
