@@ -19,7 +19,7 @@ from worker.domain.errors import PermanentError
 from worker.infrastructure.result_publisher import OutcomePublisher
 
 
-def _outcome(sequence: int, user_id: uuid.UUID) -> Outcome:
+def _outcome(sequence: int, user_id: uuid.UUID, *, padding: int = 160) -> Outcome:
     command_id = uuid.uuid4()
     envelope = Envelope("commands", 0, sequence, str(user_id).encode(), b"{}", ())
     # A result of ~300 bytes: a 4 KB producer batch holds about a dozen.
@@ -28,7 +28,7 @@ def _outcome(sequence: int, user_id: uuid.UUID) -> Outcome:
         "user_id": str(user_id),
         "sequence": sequence,
         "status": "ingested",
-        "padding": "x" * 160,
+        "padding": "x" * padding,
     }
     return Outcome(envelope, result, None, user_id, command_id)
 
@@ -38,7 +38,10 @@ async def test_results_land_on_their_users_partition_in_order_across_many_batche
 ) -> None:
     results, dlq = await make_topic(3, suffix="res"), await make_topic(1, suffix="dlq")
     users = [uuid.uuid4() for _ in range(7)]
-    outcomes = [_outcome(i, users[i % len(users)]) for i in range(300)]
+    # Two results larger than a whole batch, one mid-way through a batch and one first in
+    # its publish: each goes alone in a batch of its own, in its place.
+    large = {40: 6000, 150: 9000}
+    outcomes = [_outcome(i, users[i % len(users)], padding=large.get(i, 160)) for i in range(300)]
     poison = Envelope("commands", 0, 300, b"not-a-user", b"{not json", ())
     outcomes.append(
         Outcome(poison, None, PermanentError(ErrorKind.UNDECODABLE, "not valid UTF-8 JSON"))
