@@ -45,7 +45,6 @@ from tests.support.scenario import (
     topics_of,
     wait_applied,
     wait_done,
-    wait_until,
 )
 from tests.support.streams import make_stream
 from tests.support.tally import Sent
@@ -127,13 +126,8 @@ async def test_leader_of_the_busiest_partitions_sigkilled_and_back(
     kafka_cluster.kill(node)
     print(f"\nSIGKILLed node {node}, leader of partitions {partitions}, at {at_kill} applied")
 
-    async def progressed_without_it() -> bool:
-        return await applied(setup.database_url) >= at_kill + 500
-
-    # Failover: the stream goes on with two of three nodes.
-    await wait_until(
-        progressed_without_it, timeout_s=180, what="500 more applied", workers=(worker,)
-    )
+    # Failover: the stream goes on with two of three nodes (500 more applied).
+    await wait_applied(setup.database_url, at_kill + 500, workers=(worker,), timeout_s=180)
     assert kafka_cluster.pid(node) is None
     await kafka_cluster.start(node)
     assert await feeder == len(sent.items)
@@ -206,11 +200,8 @@ async def test_rolling_restart_while_three_workers_consume(
             fed += await feed(topics, part, chunk=200, pause_s=0.3)
             due = int(0.9 * fed) - sent.poison_count  # most of it, repeats aside
 
-            async def consumed(due: int = due) -> bool:
-                return await applied(setup.database_url) >= due
-
             # The workers consume with the node down, not only after it is back.
-            await wait_until(consumed, timeout_s=240, what=f"{due} applied", workers=tuple(workers))
+            await wait_applied(setup.database_url, due, workers=tuple(workers), timeout_s=240)
             await kafka_cluster.start(node)
             faults += 1
             assert_alive(*workers)

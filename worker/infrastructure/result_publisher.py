@@ -42,8 +42,8 @@ class OutcomePublisher:
         self._producer = producer
         self._results_topic = results_topic
         self._dlq_topic = dlq_topic
-        # The producer's own partitioner (producer_options): results land where send() would
-        # put them, on their user's partition.
+        # The same partitioner as the producer's (producer_options), with a key cache of its
+        # own: results land where send() would put them, on their user's partition.
         self._partitioner = KeyHashPartitioner()
 
     async def publish(self, outcomes: Sequence[Outcome]) -> None:
