@@ -98,6 +98,17 @@ async def test_token_bucket_refills_while_idle_but_not_beyond_the_burst() -> Non
     assert time.slept == [pytest.approx(0.1)]
 
 
+async def test_token_bucket_sleeps_once_per_tick_at_high_rates_not_per_record() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(2000, burst=1, tick_s=0.005, clock=time.clock, sleep=time.sleep)
+    for _ in range(2001):
+        await bucket.take()
+    assert time.now - 100.0 == pytest.approx(1.0, abs=0.005)  # the rate holds
+    # A sleep per 5 ms tick of 10 records (9 when the float sums fall a hair short), not per record.
+    assert 2000 / 10 <= len(time.slept) <= 2000 / 9 + 1
+    assert max(time.slept) <= 0.005 + 1e-9
+
+
 def test_token_bucket_refuses_a_non_positive_rate() -> None:
     with pytest.raises(ValueError):
         TokenBucket(0)
