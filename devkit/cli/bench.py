@@ -13,8 +13,10 @@ dropped at the end, with one pre-generated command stream of N commands:
   e2e      the real worker process (`capture-worker run`) on the pre-published stream, timed from
            its /readyz turning 200 (subscriber started) to the Kafka timestamp of the last result;
            its peak RSS is sampled meanwhile (the whole stream is waiting when it starts).
-  latency  the same worker, now idle, fed at half the e2e rate for a while; a command's latency
-           is its result record's timestamp minus its own record's timestamp (both CreateTime).
+  latency  the same worker, now idle, fed at half the e2e rate (or --latency-rate) for a
+           while; a command's latency is its result record's timestamp minus its own record's
+           timestamp (both CreateTime). Its p99 also second by second: a steady state, or a
+           few seconds' stall?
   naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
            and wait for acks=all, commit; on the first `--naive-messages` records, to bound time.
   peer     with `--peer debezium-jdbc`: the Debezium JDBC sink on Kafka Connect, fed the same
@@ -115,6 +117,8 @@ class BenchOptions:
     seed: int = 1
     naive_messages: int = 3000
     latency_seconds: float = 12.0
+    #: The latency phase's rate; None means half the e2e rate.
+    latency_rate: float | None = None
     rounds: int = 1
     peer: Peer = Peer.NONE
     #: Connect's tasks in each peer measurement; empty means (partitions, 1).
@@ -571,14 +575,14 @@ async def bench_latency(
     result_at: dict[str, list[int]] = defaultdict(list)
     for record in await reader.read(base_offsets):
         result_at[json.loads(record.value)["command_id"]].append(record.timestamp)
-    latencies = [
-        float(r - s)
+    pairs = [
+        (s, float(r - s))
         for command_id, times in sent_at.items()
         for s, r in zip(sorted(times), sorted(result_at[command_id]), strict=False)
     ]
-    if len(latencies) != len(commands):
-        raise BenchError(f"latency: {len(latencies)} results matched of {len(commands)}")
-    stats = percentiles(latencies)
+    if len(pairs) != len(commands):
+        raise BenchError(f"latency: {len(pairs)} results matched of {len(commands)}")
+    stats = percentiles([latency for _, latency in pairs])
     phases.done(task, f"p99 {stats['p99']:.0f} ms")
     handled = batches_after[0] - batches_before[0]
     lane_batches = batches_after[1] - batches_before[1]
@@ -587,8 +591,24 @@ async def bench_latency(
         "rate_per_s": round(rate, 1),
         "messages": len(commands),
         "batch_mean": round(handled / lane_batches, 1) if lane_batches else 0.0,
+        "p99_by_second": p99_by_second(pairs),
         "cpu": used,
     }
+
+
+def p99_by_second(pairs: Sequence[tuple[int, float]]) -> list[float]:
+    """The p99 of the commands sent in each second of the phase, in order.
+
+    A run's p99 can be the whole phase's steady state or a few seconds' stall; this tells
+    which. (send time in ms, latency in ms) pairs; a second with no command is left out.
+    """
+    if not pairs:
+        return []
+    start = min(sent for sent, _ in pairs)
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for sent, latency in pairs:
+        seconds[(sent - start) // 1000].append(latency)
+    return [percentiles(seconds[k])["p99"] for k in sorted(seconds)]
 
 
 def _lane_batches(worker: WorkerProcess) -> tuple[float, float]:
@@ -954,7 +974,7 @@ async def run_bench(
 
         b_sql = statistics.median(x.b_sql_per_s for x in rounds)
         e2e = statistics.median(x.e2e_per_s for x in rounds)
-        rate = max(1.0, e2e / 2)
+        rate = options.latency_rate or max(1.0, e2e / 2)
         latency_commands = commands_of(
             list(
                 generate_lines(
@@ -1141,6 +1161,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 [bold]{lat['p99']:.0f}[/] ms, "
         f"max {lat['max']:.0f} ms"
     )
+    by_second = lat["p99_by_second"]
+    if by_second:
+        console.print(
+            f"  p99 second by second: median {statistics.median(by_second):.0f} ms, "
+            f"{min(by_second):.0f} to {max(by_second):.0f} ms over {len(by_second)} s"
+        )
     console.print(
         f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
         f"{lat['batch_mean']:,.0f} commands on average"
@@ -1216,6 +1242,15 @@ def register(app: typer.Typer) -> None:
         latency_seconds: Annotated[
             float, typer.Option(min=0.5, help="How long to publish at half the e2e rate.")
         ] = 12.0,
+        latency_rate: Annotated[
+            float | None,
+            typer.Option(
+                min=1,
+                help="Publish at this rate in the latency phase instead (commands/s): to compare "
+                "settings or versions at one load rather than at each run's half e2e rate.",
+                show_default="half the e2e rate",
+            ),
+        ] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
         rounds: Annotated[
             int,
@@ -1267,6 +1302,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             naive_messages=naive_messages,
             latency_seconds=latency_seconds,
+            latency_rate=latency_rate,
             rounds=rounds,
             peer=peer_name,
             peer_tasks=tuple(peer_tasks or ()),

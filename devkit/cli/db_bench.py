@@ -15,13 +15,22 @@ command's server time goes. On the local stack:
       -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
       -c "ALTER SYSTEM SET pg_stat_statements.track = 'all'"
     capture-worker stack stop postgres && capture-worker stack up
+
+With `--compare FILE` (repeatable) it compares variants of the SQL instead: the migrated schema
+and, for each FILE, a copy of it with FILE's SQL applied (a function replaced, a constraint
+dropped, ...), each in a database of its own, are fed the same commands through
+`ingest_typed`, pass after pass, in alternating order; the report gives each one's server CPU
+per command in every pass, the median, and whether it ended in the migrated schema's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -120,12 +129,7 @@ def _backend_cpu(process: psutil.Process) -> float:
 async def run_bench(
     admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
 ) -> dict[str, Any]:
-    lines = list(generate_lines(count, users=users, seed=seed, dim=dim))
-    context = {"embedding_dim": dim}
-    typed = [
-        ingest_command(CaptureArtifactCommand.model_validate_json(line, context=context))
-        for line in lines
-    ]
+    lines, typed = _commands(count, users, seed, dim)
     name = f"cw_bench_{uuid.uuid4().hex[:12]}"
     with translate_db_errors("bench-db"):
         await _admin(admin_dsn, f'CREATE DATABASE "{name}"')
@@ -196,6 +200,128 @@ async def run_bench(
     }
 
 
+def _commands(count: int, users: int, seed: int, dim: int) -> tuple[list[str], list[IngestCommand]]:
+    lines = list(generate_lines(count, users=users, seed=seed, dim=dim))
+    context = {"embedding_dim": dim}
+    typed = [
+        ingest_command(CaptureArtifactCommand.model_validate_json(line, context=context))
+        for line in lines
+    ]
+    return lines, typed
+
+
+def _variant_names(files: Sequence[Path]) -> list[str]:
+    names: list[str] = ["migrated"]
+    for file in files:
+        name, n = file.stem, 2
+        while name in names:
+            name, n = f"{file.stem}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+async def run_compare(
+    admin_dsn: str,
+    *,
+    files: Sequence[Path],
+    passes: int,
+    count: int,
+    users: int,
+    batch_size: int,
+    dim: int,
+    seed: int,
+    hnsw: bool,
+) -> dict[str, Any]:
+    """The migrated schema against each variant FILE: server CPU per command, pass by pass."""
+    _, typed = _commands(count, users, seed, dim)
+    scripts = [file.read_text() for file in files]
+    names = _variant_names(files)
+    run_id = uuid.uuid4().hex[:12]
+    databases = [f"cw_bench_{run_id}_{i}" for i in range(len(names))]
+    created: list[str] = []
+    pools: list[asyncpg.Pool] = []
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    digests: dict[str, set[str]] = {name: set() for name in names}
+    with translate_db_errors("bench-db"):
+        try:
+            await _admin(admin_dsn, f'CREATE DATABASE "{databases[0]}"')
+            created.append(databases[0])
+            await apply_migrations(dsn_with_database(admin_dsn, databases[0]), embedding_dim=dim)
+            for database, script in zip(databases[1:], scripts, strict=True):
+                # A file copy of the migrated database, then the variant's SQL as its owner.
+                await _admin(admin_dsn, f'CREATE DATABASE "{database}" TEMPLATE "{databases[0]}"')
+                created.append(database)
+                await _admin(dsn_with_database(admin_dsn, database), script)
+            for database in databases:
+                pools.append(
+                    await create_pool(
+                        dsn_with_database(admin_dsn, database), min_size=1, max_size=1
+                    )
+                )
+            backends = [
+                psutil.Process(await pool.fetchval("SELECT pg_backend_pid()")) for pool in pools
+            ]
+            order = list(range(len(names)))
+            for n in range(passes):
+                # Alternate the order so that no variant always runs first (the host drifts).
+                for i in order if n % 2 == 0 else reversed(order):
+                    repo = ArtifactRepository(pools[i])
+                    await repo.reset_state()
+                    if hnsw:
+                        await repo.create_embedding_index()
+                    else:
+                        await repo.drop_embedding_index()
+                    before = _backend_cpu(backends[i])
+                    await _timed_run(repo, [], typed, batch_size=batch_size, mode="typed")
+                    cpu[names[i]].append((_backend_cpu(backends[i]) - before) / count * 1e6)
+                    digests[names[i]].add(await repo.state_digest())
+        finally:
+            for pool in pools:
+                await pool.close()
+            for database in created:
+                await _admin(admin_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    reference = digests["migrated"]
+    return {
+        "compare": True,
+        "commands": count,
+        "users": users,
+        "seed": seed,
+        "batch": batch_size,
+        "hnsw_index": hnsw,
+        "passes": passes,
+        "variants": [
+            {
+                "name": name,
+                "file": None if i == 0 else str(files[i - 1]),
+                "backend_cpu_us_per_command": [round(x, 1) for x in cpu[name]],
+                "median_us": round(statistics.median(cpu[name]), 1),
+                "same_state_as_migrated": len(digests[name]) == 1 and digests[name] == reference,
+            }
+            for i, name in enumerate(names)
+        ],
+    }
+
+
+def print_compare(report: dict[str, Any]) -> None:
+    index = "with the HNSW index" if report["hnsw_index"] else "no index"
+    table = Table(
+        title=f"ingest_typed, {report['commands']} commands in batches of {report['batch']}, "
+        f"{index}: server CPU µs/command, {report['passes']} alternating passes"
+    )
+    for column in ("variant", "passes", "median", "vs migrated", "same state"):
+        table.add_column(column, justify="left" if column in ("variant", "passes") else "right")
+    base = report["variants"][0]["median_us"]
+    for variant in report["variants"]:
+        table.add_row(
+            variant["name"],
+            " ".join(f"{x:.0f}" for x in variant["backend_cpu_us_per_command"]),
+            f"{variant['median_us']:.0f}",
+            f"{variant['median_us'] - base:+.0f}" if variant["file"] else "",
+            "yes" if variant["same_state_as_migrated"] else "[bold red]no[/]",
+        )
+    console.print(table)
+
+
 def print_report(report: dict[str, Any]) -> None:
     table = Table(
         title=f"ingest throughput: PostgreSQL {report['server_version']}, pgvector "
@@ -264,6 +390,23 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
         database_url: DatabaseUrl = None,
+        compare: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--compare",
+                metavar="FILE",
+                exists=True,
+                dir_okay=False,
+                help="Compare the migrated schema with a copy that has FILE's SQL applied "
+                "(repeat for several variants): typed ingest only, pass by pass.",
+            ),
+        ] = None,
+        passes: Annotated[
+            int, typer.Option(min=1, help="--compare: passes over the commands per variant.")
+        ] = 3,
+        hnsw: Annotated[
+            bool, typer.Option("--hnsw", help="--compare: with the HNSW index in place.")
+        ] = False,
         output: Format = OutputFormat.PRETTY,
     ) -> None:
         """Raw throughput of the SQL functions, on a fresh temporary database (dropped after).
@@ -277,18 +420,37 @@ def register(app: typer.Typer) -> None:
         'pg_stat_statements' and ALTER SYSTEM SET pg_stat_statements.track = 'all' as the
         admin (CAPTURE_ADMIN_DATABASE_URL), then `capture-worker stack stop postgres` and
         `capture-worker stack up`.
+
+        --compare FILE: the migrated schema against a copy with FILE's SQL applied (e.g. a
+        replaced function, a dropped constraint), each in its own database, the same commands
+        through ingest_typed in every pass, alternating; server CPU per command and whether
+        each ended in the migrated schema's state.
         """
-        report = asyncio.run(
-            run_bench(
-                database_url or get_settings().admin_url(),
-                count=count,
-                users=users,
-                batch_size=batch_size,
-                dim=dim or get_settings().embedding_dim,
-                seed=seed,
+        admin = database_url or get_settings().admin_url()
+        dimension = dim or get_settings().embedding_dim
+        if compare:
+            report = asyncio.run(
+                run_compare(
+                    admin,
+                    files=compare,
+                    passes=passes,
+                    count=count,
+                    users=users,
+                    batch_size=batch_size,
+                    dim=dimension,
+                    seed=seed,
+                    hnsw=hnsw,
+                )
             )
-        )
+        else:
+            report = asyncio.run(
+                run_bench(
+                    admin, count=count, users=users, batch_size=batch_size, dim=dimension, seed=seed
+                )
+            )
         if output is OutputFormat.JSON:
             emit_json(report)
+        elif compare:
+            print_compare(report)
         else:
             print_report(report)

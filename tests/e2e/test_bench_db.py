@@ -1,5 +1,6 @@
 """`capture-worker bench-db`: every mode on the same commands ends in the same state, and with
-pg_stat_statements tracking nested statements the typed runs say where the time went."""
+pg_stat_statements tracking nested statements the typed runs say where the time went;
+`--compare` measures variants of the SQL and says which of them changed the outcome."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
 MODES = {"sequential", "batch-20", "typed-20"}
 
 
-def _bench_db(url: str) -> dict[str, Any]:
+def _bench_db(url: str, *extra: str) -> dict[str, Any]:
     done = subprocess.run(
         [*CLI, "bench-db", "--count", "120", "--users", "5", "--batch-size", "20",
-         "--dim", "16", "--database-url", url, "--format", "json"],
+         "--dim", "16", "--database-url", url, "--format", "json", *extra],
         capture_output=True, text=True, timeout=500, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -93,3 +94,43 @@ def test_the_typed_runs_break_the_time_down_by_statement(tracking_server: str) -
         total = next(s for s in statements if "capture.ingest_typed" in s["query"])
         assert total["calls"] == 6  # 120 commands in batches of 20
         assert all(0 < s["exec_us_per_command"] <= total["exec_us_per_command"] for s in statements)
+
+
+async def _bench_databases(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'cw_bench_%'")
+        return {r[0] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_compare_measures_each_variant_and_says_which_changed_the_outcome(
+    pg_admin_url: str, tmp_path: Path
+) -> None:
+    # Dropping the foreign keys changes the work, not the result; a join threshold of 0.99
+    # makes a subspace of nearly every new artifact: another state.
+    no_fk = tmp_path / "no_fk.sql"
+    no_fk.write_text(
+        "ALTER TABLE capture.signals DROP CONSTRAINT signals_artifact_id_fkey;\n"
+        "ALTER TABLE capture.artifacts DROP CONSTRAINT artifacts_subspace_id_fkey;\n"
+    )
+    threshold = tmp_path / "threshold.sql"
+    threshold.write_text(
+        "UPDATE capture.system_config SET value = '0.99' WHERE key = 'subspace.join_threshold';\n"
+    )
+    before = await _bench_databases(pg_admin_url)
+    report = _bench_db(
+        pg_admin_url, "--compare", str(no_fk), "--compare", str(threshold), "--passes", "2"
+    )
+    variants = {v["name"]: v for v in report["variants"]}
+    assert list(variants) == ["migrated", "no_fk", "threshold"]
+    assert variants["no_fk"]["file"] == str(no_fk)
+    for variant in variants.values():
+        assert len(variant["backend_cpu_us_per_command"]) == 2
+        assert all(x > 0 for x in variant["backend_cpu_us_per_command"])
+    assert variants["migrated"]["same_state_as_migrated"] is True
+    assert variants["no_fk"]["same_state_as_migrated"] is True
+    assert variants["threshold"]["same_state_as_migrated"] is False
+    # Its databases are gone.
+    assert await _bench_databases(pg_admin_url) == before

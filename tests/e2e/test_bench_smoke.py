@@ -83,6 +83,7 @@ async def test_bench_reports_every_measure_as_one_json_object(
         "--messages", "300",
         "--naive-messages", "100",
         "--latency-seconds", "2",
+        "--latency-rate", "150",
         "--rounds", "2",
     )  # fmt: skip
 
@@ -104,7 +105,12 @@ async def test_bench_reports_every_measure_as_one_json_object(
     )
     latency = report["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
-    assert latency["messages"] > 0 and latency["rate_per_s"] > 0
+    # At the rate asked for, not half the e2e rate: 2 s at 150/s.
+    assert latency["rate_per_s"] == 150 and latency["messages"] == 300
+    # Its p99 second by second: the commands were sent over about two seconds.
+    by_second = latency["p99_by_second"]
+    assert 2 <= len(by_second) <= 4
+    assert all(0 <= p99 <= latency["max"] for p99 in by_second)
     # The worker ended in the very state PostgreSQL alone produced from the same commands.
     assert report["same_state"] is True
     machine = report["machine"]

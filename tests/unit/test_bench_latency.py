@@ -1,0 +1,24 @@
+"""The latency phase's p99 second by second (devkit.cli.bench.p99_by_second)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devkit.cli.bench import p99_by_second
+
+
+def test_each_second_of_sending_gets_its_own_p99_in_order() -> None:
+    start = 1_700_000_000_000  # ms
+    steady = [(start + i * 10, 20.0) for i in range(100)]  # second 0: all 20 ms
+    stall = [(start + 1000 + i * 10, 300.0 if i < 5 else 25.0) for i in range(100)]  # second 1
+    late = [(start + 3000 + i, 30.0) for i in range(10)]  # second 3 (second 2 sent nothing)
+    # The pairs come in any order; the windows are by send time.
+    result = p99_by_second(late + stall + steady)
+    assert len(result) == 3
+    assert result[0] == pytest.approx(20.0)
+    assert result[1] == pytest.approx(300.0)  # 5 % of the second stalled: its p99 shows it
+    assert result[2] == pytest.approx(30.0)
+
+
+def test_no_commands_no_seconds() -> None:
+    assert p99_by_second([]) == []
