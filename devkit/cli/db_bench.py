@@ -43,11 +43,12 @@ from devkit.synthetic import generate_lines
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand
 from worker.core.config import get_settings
+from worker.domain.errors import CaptureError
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.db_errors import translate_db_errors
 from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.repository import ArtifactRepository
-from worker.interfaces.cli.output import OutputFormat, console, emit_json
+from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 
 
 async def _admin(dsn: str, sql: str) -> None:
@@ -247,11 +248,12 @@ async def run_compare(
             await _admin(admin_dsn, f'CREATE DATABASE "{databases[0]}"')
             created.append(databases[0])
             await apply_migrations(dsn_with_database(admin_dsn, databases[0]), embedding_dim=dim)
-            for database, script in zip(databases[1:], scripts, strict=True):
+            for database, file, script in zip(databases[1:], files, scripts, strict=True):
                 # A file copy of the migrated database, then the variant's SQL as its owner.
                 await _admin(admin_dsn, f'CREATE DATABASE "{database}" TEMPLATE "{databases[0]}"')
                 created.append(database)
-                await _admin(dsn_with_database(admin_dsn, database), script)
+                with translate_db_errors(f"applying {file}"):
+                    await _admin(dsn_with_database(admin_dsn, database), script)
             for database in databases:
                 pools.append(
                     await create_pool(
@@ -428,29 +430,43 @@ def register(app: typer.Typer) -> None:
         """
         admin = database_url or get_settings().admin_url()
         dimension = dim or get_settings().embedding_dim
-        if compare:
-            report = asyncio.run(
-                run_compare(
-                    admin,
-                    files=compare,
-                    passes=passes,
-                    count=count,
-                    users=users,
-                    batch_size=batch_size,
-                    dim=dimension,
-                    seed=seed,
-                    hnsw=hnsw,
-                )
-            )
-        else:
-            report = asyncio.run(
-                run_bench(
-                    admin, count=count, users=users, batch_size=batch_size, dim=dimension, seed=seed
-                )
-            )
+        try:
+            report = _run(admin, compare, passes, count, users, batch_size, dimension, seed, hnsw)
+        except CaptureError as exc:
+            fail(str(exc))
         if output is OutputFormat.JSON:
             emit_json(report)
         elif compare:
             print_compare(report)
         else:
             print_report(report)
+
+
+def _run(
+    admin: str,
+    compare: list[Path] | None,
+    passes: int,
+    count: int,
+    users: int,
+    batch_size: int,
+    dimension: int,
+    seed: int,
+    hnsw: bool,
+) -> dict[str, Any]:
+    if compare:
+        return asyncio.run(
+            run_compare(
+                admin,
+                files=compare,
+                passes=passes,
+                count=count,
+                users=users,
+                batch_size=batch_size,
+                dim=dimension,
+                seed=seed,
+                hnsw=hnsw,
+            )
+        )
+    return asyncio.run(
+        run_bench(admin, count=count, users=users, batch_size=batch_size, dim=dimension, seed=seed)
+    )

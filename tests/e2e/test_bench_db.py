@@ -134,3 +134,16 @@ async def test_compare_measures_each_variant_and_says_which_changed_the_outcome(
     assert variants["threshold"]["same_state_as_migrated"] is False
     # Its databases are gone.
     assert await _bench_databases(pg_admin_url) == before
+
+    # A variant that does not apply is named, and leaves nothing behind either.
+    broken = tmp_path / "broken.sql"
+    broken.write_text("ALTER TABLE capture.no_such_table DROP CONSTRAINT x;\n")
+    done = subprocess.run(
+        [*CLI, "bench-db", "--count", "20", "--users", "2", "--dim", "16",
+         "--database-url", pg_admin_url, "--compare", str(broken)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())  # the console wraps long lines
+    assert f"applying {broken}" in message and "no_such_table" in message
+    assert await _bench_databases(pg_admin_url) == before
