@@ -129,6 +129,12 @@ async def test_compare_measures_each_variant_and_says_which_changed_the_outcome(
     for variant in variants.values():
         assert len(variant["backend_cpu_us_per_command"]) == 2
         assert all(x > 0 for x in variant["backend_cpu_us_per_command"])
+    assert variants["migrated"]["median_diff_us"] == 0
+    for variant in variants.values():
+        passes = variant["backend_cpu_us_per_command"]
+        base = variants["migrated"]["backend_cpu_us_per_command"]
+        diffs = sorted(x - b for x, b in zip(passes, base, strict=True))
+        assert variant["median_diff_us"] == pytest.approx((diffs[0] + diffs[1]) / 2, abs=0.11)
     assert variants["migrated"]["same_state_as_migrated"] is True
     assert variants["no_fk"]["same_state_as_migrated"] is True
     assert variants["threshold"]["same_state_as_migrated"] is False

@@ -1,6 +1,8 @@
 """Definer-rights code cannot be redirected (SPEC §4, migration 0004).
 
-Every function in schema capture pins `search_path` with pg_catalog first and pg_temp last,
+Every function in schema capture pins `search_path` with pg_catalog first and pg_temp last
+(but one kind that needs no path: a SQL-standard body without definer rights, whose names are
+resolved when it is created, never when it runs; 0007's inlined capture._canonical is one),
 and a capture_worker login that creates temporary tables named like every table the
 functions touch still ingests into the real tables — in both pgvector layouts: `vector` in
 public (CREATE EXTENSION's default) and in schema extensions (Supabase).
@@ -23,7 +25,9 @@ from worker.infrastructure.db import dsn_with_database
 from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.roles import create_login
 
-# Functions whose pinned path does not start with pg_catalog and end with pg_temp.
+# Functions whose pinned path does not start with pg_catalog and end with pg_temp, except
+# SQL-standard bodies (BEGIN ATOMIC) without definer rights: nothing in them is looked up at
+# call time, so no search_path can redirect them, and a pinned one would prevent inlining.
 UNSAFE_FUNCTIONS = """
 SELECT p.proname, p.prosecdef, c.path
 FROM pg_proc p
@@ -32,6 +36,7 @@ LEFT JOIN LATERAL (
     FROM unnest(p.proconfig) cfg WHERE cfg LIKE 'search_path=%'
 ) c ON true
 WHERE p.pronamespace = 'capture'::regnamespace AND p.prokind = 'f'
+  AND (p.prosecdef OR p.prosqlbody IS NULL)
   AND (c.path IS NULL
        OR regexp_replace(c.path, '\\s', '', 'g') !~ '^pg_catalog,(.*,)?pg_temp$')
 ORDER BY p.proname
@@ -144,8 +149,23 @@ async def test_the_check_flags_a_path_without_pg_temp_last(
             "CREATE FUNCTION capture.bad_unpinned() RETURNS int LANGUAGE sql SECURITY DEFINER"
             " AS 'SELECT 1'"
         )
+        # A SQL-standard body needs no path, unless it runs with definer rights; a plain
+        # SQL body is looked up at call time and does.
+        await conn.execute(
+            "CREATE FUNCTION capture.good_atomic() RETURNS int LANGUAGE sql RETURN 1"
+        )
+        await conn.execute(
+            "CREATE FUNCTION capture.bad_atomic_definer() RETURNS int LANGUAGE sql"
+            " SECURITY DEFINER RETURN 1"
+        )
+        await conn.execute(
+            "CREATE FUNCTION capture.bad_plain_invoker() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+        )
         flagged = [r["proname"] for r in await conn.fetch(UNSAFE_FUNCTIONS)]
-        assert flagged == ["bad_no_temp", "bad_temp_first", "bad_unpinned"]
+        assert flagged == [
+            "bad_atomic_definer", "bad_no_temp", "bad_plain_invoker", "bad_temp_first",
+            "bad_unpinned",
+        ]  # fmt: skip
     finally:
         await conn.close()
         admin = await asyncpg.connect(migrated_template.admin_url)
