@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from contracts import ErrorKind
 from contracts import headers as H
 from contracts.commands import MAX_NESTING_DEPTH
 from tests.fixtures.workers import WorkerSetup
+from tests.support.examples import examples
 from tests.support.kafka_io import feed, read
 from tests.support.scenario import (
     POISON_HEADERS,
@@ -217,22 +217,7 @@ def cases(bases: list[dict[str, Any]]) -> st.SearchStrategy[Case]:
 
 def generate(bases: list[dict[str, Any]]) -> list[list[Case]]:
     """BATCHES batches of cases, the same on every run (derandomized, no example database)."""
-    batches: list[list[Case]] = []
-
-    @settings(
-        max_examples=BATCHES,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(st.lists(cases(bases), min_size=15, max_size=30))
-    def collect(batch: list[Case]) -> None:
-        batches.append(batch)
-
-    collect()
-    return batches
+    return examples(st.lists(cases(bases), min_size=15, max_size=30), BATCHES)
 
 
 def padded(base: dict[str, Any], size: int) -> bytes:

@@ -9,9 +9,9 @@ temporary function of the test's own session.
 from __future__ import annotations
 
 import asyncpg
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from worker import sql
 
 EXAMPLES = 3000
@@ -43,22 +43,7 @@ def urls(draw: st.DrawFn) -> str:
 
 
 def generate() -> list[str]:
-    found: list[str] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(urls())
-    def collect(url: str) -> None:
-        found.append(url)
-
-    collect()
-    return found
+    return examples(urls(), EXAMPLES)
 
 
 def version_0004() -> str:

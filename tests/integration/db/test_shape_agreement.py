@@ -13,12 +13,12 @@ import json
 from typing import Any
 
 import asyncpg
-from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import CaptureArtifactCommand
 from tests.support.db_commands import DIM
+from tests.support.examples import examples
 
 EXAMPLES = 400
 BASE: dict[str, Any] = {
@@ -105,22 +105,7 @@ def commands(draw: st.DrawFn) -> str:
 
 
 def generate() -> list[str]:
-    found: list[str] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(commands())
-    def collect(raw: str) -> None:
-        found.append(raw)
-
-    collect()
-    return found
+    return examples(commands(), EXAMPLES)
 
 
 def python_refuses(raw: str) -> bool:
