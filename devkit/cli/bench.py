@@ -1240,7 +1240,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, help="At most this many commands for the naive loop.")
         ] = 3000,
         latency_seconds: Annotated[
-            float, typer.Option(min=0.5, help="How long to publish at half the e2e rate.")
+            float, typer.Option(min=0.5, help="How long the latency phase publishes.")
         ] = 12.0,
         latency_rate: Annotated[
             float | None,
