@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import uuid
@@ -13,13 +14,14 @@ import pytest
 from contracts import ErrorKind
 from contracts.commands import MAX_NESTING_DEPTH
 from tests.support.fakes import DIM, FakeStore, command, envelope
+from worker.application import capture
 from worker.application.capture import (
     Limits,
     decode_command,
     handle_capture_batch,
     result_bytes,
 )
-from worker.application.ports import IngestCommand
+from worker.application.ports import Envelope, IngestCommand, ResultObject
 from worker.application.rejection import readable_ids
 from worker.domain.errors import PermanentError
 from worker.domain.ids import rejection_event_id
@@ -93,6 +95,48 @@ async def test_batch_keeps_order_chunks_and_isolates_refusals() -> None:
         rejection_event_id(uuid.UUID(refused["command_id"]), values[3])
     )
     assert [o.error for o in outcomes if o.envelope.offset in (0, 2, 4)] == [None] * 3
+
+
+class _SlowFirstCall(FakeStore):
+    """Notes, when its first call returns, how many records had been validated by then."""
+
+    def __init__(self, decoded: list[int]) -> None:
+        super().__init__()
+        self.decoded = decoded
+        self.validated_during_first_call: int | None = None
+
+    async def ingest_commands(
+        self, commands: Sequence[IngestCommand]
+    ) -> list[ResultObject | PermanentError]:
+        replies = await super().ingest_commands(commands)
+        if self.validated_during_first_call is None:
+            for _ in range(5):  # the database at work: the event loop runs meanwhile
+                await asyncio.sleep(0)
+            self.validated_during_first_call = len(self.decoded)
+        return replies
+
+
+async def test_next_chunk_is_validated_while_the_database_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[int] = []
+
+    def counting(envelope: Envelope, limits: Limits) -> Any:
+        decoded.append(envelope.offset)
+        return decode_command(envelope, limits)
+
+    monkeypatch.setattr(capture, "decode_command", counting)
+    store = _SlowFirstCall(decoded)
+    values = [json.dumps(command()).encode() for _ in range(5)]
+    outcomes = await handle_capture_batch(
+        [envelope(v, offset=i) for i, v in enumerate(values)], store=store, limits=LIMITS
+    )
+    # Chunks of two: the first call was sent after two records were validated, and the
+    # next two were validated before it returned; never more than one chunk ahead.
+    assert store.validated_during_first_call == 4
+    assert [len(c) for c in store.calls] == [2, 2, 1]
+    assert [o.envelope.offset for o in outcomes] == [0, 1, 2, 3, 4]
+    assert all(o.error is None for o in outcomes)
 
 
 async def test_redelivered_rejection_is_the_stored_one() -> None:

@@ -20,6 +20,7 @@ the others go on. No Kafka types here: records arrive as `Envelope`s, results le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,37 +171,68 @@ def reject(envelope: Envelope, error: PermanentError) -> Outcome:
 async def handle_capture_batch(
     envelopes: Sequence[Envelope], *, store: CaptureStore, limits: Limits
 ) -> list[Outcome]:
-    """Handle one partition's records, in order. TransientError propagates: retry the whole call."""
-    outcomes: list[Outcome | None] = [None] * len(envelopes)
-    # Only the typed form is kept, not the validated command: its embedding (a list of
-    # hundreds of floats) then dies at once instead of living through the database call, where
-    # the cyclic GC had to walk every one of them (collections of 100 ms and more).
-    accepted: list[tuple[int, IngestCommand]] = []
-    tracing.consumed(envelopes)
-    for index, envelope in enumerate(envelopes):
-        try:
-            with tracing.validating(envelope):
-                command = ingest_command(decode_command(envelope, limits))
-        except PermanentError as error:
-            outcomes[index] = reject(envelope, error)
-        else:
-            accepted.append((index, command))
+    """Handle one partition's records, in order. TransientError propagates: retry the whole call.
 
+    The records are validated one database chunk at a time, and the next chunk while the
+    database works on the current one. Validating a whole fetched batch first (hundreds of
+    records per partition) held every lane's first call back by the others' validation, and a
+    lane's validation and its database calls never overlapped.
+    """
+    outcomes: list[Outcome | None] = [None] * len(envelopes)
+    tracing.consumed(envelopes)
     size = max(1, limits.db_batch_size)
-    for start in range(0, len(accepted), size):
-        chunk = accepted[start : start + size]
-        with tracing.db_call(envelopes, [(i, c.user_id, c.command_id) for i, c in chunk]):
-            replies = await _ingest_isolated(store, [c for _, c in chunk])
+    position = 0
+
+    def next_chunk() -> list[tuple[int, IngestCommand]]:
+        """The next `size` valid commands (with their index); the invalid ones met on the way
+        get their outcome. Only the typed form is kept, not the validated command: its
+        embedding (hundreds of Python floats) then dies at once instead of living through the
+        database call, where the cyclic GC had to walk every one of them."""
+        nonlocal position
+        chunk: list[tuple[int, IngestCommand]] = []
+        while position < len(envelopes) and len(chunk) < size:
+            index, envelope = position, envelopes[position]
+            position += 1
+            try:
+                with tracing.validating(envelope):
+                    command = ingest_command(decode_command(envelope, limits))
+            except PermanentError as error:
+                outcomes[index] = reject(envelope, error)
+            else:
+                chunk.append((index, command))
+        return chunk
+
+    chunk = next_chunk()
+    while chunk:
+        call = asyncio.ensure_future(_ingest_chunk(store, envelopes, chunk))
+        try:
+            await asyncio.sleep(0)  # the call is sent before the next chunk is validated
+            following = next_chunk()
+        except BaseException:
+            # A bug while validating, or the lane cancelled: the call is not left behind.
+            with contextlib.suppress(BaseException):
+                await call
+            raise
+        replies = await call
         for (index, command), reply in zip(chunk, replies, strict=True):
             envelope = envelopes[index]
             if isinstance(reply, PermanentError):
-                outcome = reject(envelope, reply)
+                outcomes[index] = reject(envelope, reply)
             else:
-                outcome = Outcome(envelope, reply, None, command.user_id, command.command_id)
-            outcomes[index] = outcome
+                outcomes[index] = Outcome(
+                    envelope, reply, None, command.user_id, command.command_id
+                )
+        chunk = following
 
     done = [o for o in outcomes if o is not None]
     return await store_rejections(done, store)
+
+
+async def _ingest_chunk(
+    store: CaptureStore, envelopes: Sequence[Envelope], chunk: list[tuple[int, IngestCommand]]
+) -> list[ResultObject | PermanentError]:
+    with tracing.db_call(envelopes, [(i, c.user_id, c.command_id) for i, c in chunk]):
+        return await _ingest_isolated(store, [c for _, c in chunk])
 
 
 async def _ingest_isolated(

@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Consume commands, ingest them in batches (capture.ingest_batch: ingest_with_signal per
-        command, one transaction per batch), publish results; stops cleanly on SIGTERM."""
+        """Consume commands, ingest them in batches (capture.ingest_typed: the same effects as
+        ingest_with_signal per command, one transaction per batch), publish results; stops
+        cleanly on SIGTERM."""
         settings = get_settings()
         if http_port is not None:
             settings = settings.model_copy(update={"http_port": http_port})
