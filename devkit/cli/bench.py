@@ -1090,6 +1090,11 @@ def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any
         # Each round's e2e against the peer measured just before it, as for b_sql.
         "e2e/peer": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_per_s[t]), 3),
         "e2e/peer_cold": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_cold_per_s[t]), 3),
+        # And every round's, in order: on a shared host the rounds of one run can differ by
+        # more than a change being weighed, which the median alone hides.
+        "e2e/peer_by_round": {
+            str(t): [_ratio(x.e2e_per_s, x.peer_per_s[t]) for x in rounds] for t in tasks
+        },
     }
 
 
@@ -1205,9 +1210,16 @@ def _tasks_label(tasks: str) -> str:
     return f"{tasks} task{'s' if tasks != '1' else ''}"
 
 
+def _warm_ratio(tasks: str, ratio: float, rounds: Sequence[float]) -> str:
+    """`1.21 (6 tasks; rounds 1.14, 1.21, 1.42)`: the median, and each round's when several."""
+    each = f"; rounds {', '.join(f'{r:.2f}' for r in rounds)}" if len(rounds) > 1 else ""
+    return f"[bold]{ratio:.2f}[/] ({_tasks_label(tasks)}{each})"
+
+
 def _print_peer(peer_report: dict[str, Any]) -> None:
+    by_round = peer_report["e2e/peer_by_round"]
     warm = ", ".join(
-        f"[bold]{ratio:.2f}[/] ({_tasks_label(tasks)})"
+        _warm_ratio(tasks, ratio, by_round[tasks])
         for tasks, ratio in peer_report["e2e/peer"].items()
     )
     cold = ", ".join(f"{ratio:.2f}" for ratio in peer_report["e2e/peer_cold"].values())

@@ -162,6 +162,7 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     (round_,) = report["rounds"]
     for tasks, rate in round_["peer_per_s"].items():
         assert peer["e2e/peer"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
+        assert peer["e2e/peer_by_round"][tasks] == [peer["e2e/peer"][tasks]]
     for tasks, rate in round_["peer_cold_per_s"].items():
         assert peer["e2e/peer_cold"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from devkit.cli.bench import Round, _peer_report, _warm_ratio
 from devkit.peer import debezium as peer
 from devkit.records import commands_of
 from devkit.synthetic import generate_lines
@@ -85,3 +86,18 @@ def test_the_worker_properties_carry_the_cluster_credentials_to_the_sink_consume
     assert props["consumer.max.partition.fetch.bytes"] == "9"
     assert props["plugin.discovery"] == "service_load"
     assert props["offset.storage.file.filename"].startswith(str(tmp_path))
+
+
+def test_the_report_gives_each_rounds_ratio_beside_the_median() -> None:
+    rounds = [
+        Round(b_sql_per_s=10.0, e2e_per_s=e2e, same_state=True, worker_peak_rss=0,
+              peer_per_s={6: warm, 1: 4.0}, peer_cold_per_s={6: 2.0, 1: 2.0})
+        for e2e, warm in ((6.0, 4.0), (4.0, 4.0), (8.0, 4.0))
+    ]  # fmt: skip
+    report = _peer_report(rounds, [6, 1])
+    assert report["e2e/peer_by_round"] == {"6": [1.5, 1.0, 2.0], "1": [1.5, 1.0, 2.0]}
+    assert report["e2e/peer"] == {"6": 1.5, "1": 1.5}
+    line = _warm_ratio("6", report["e2e/peer"]["6"], report["e2e/peer_by_round"]["6"])
+    assert line == "[bold]1.50[/] (6 tasks; rounds 1.50, 1.00, 2.00)"
+    # One round: its ratio is the median, not repeated.
+    assert _warm_ratio("1", 1.5, [1.5]) == "[bold]1.50[/] (1 task)"
