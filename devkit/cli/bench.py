@@ -1078,6 +1078,8 @@ def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any
             str(t): round(statistics.median(value(x, t) for x in rounds), digits) for t in tasks
         }
 
+    # Each round's e2e against the peer measured just before it, as for b_sql; in order.
+    by_round = {str(t): [_ratio(x.e2e_per_s, x.peer_per_s[t]) for x in rounds] for t in tasks}
     return {
         "name": "Debezium JDBC sink connector on Kafka Connect standalone",
         "versions": {"debezium": peer.DEBEZIUM_VERSION, "connect": peer.CONNECT_VERSION},
@@ -1087,14 +1089,11 @@ def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any
         "per_s": medians(lambda x, t: x.peer_per_s[t], 1),
         # Cold: a fresh Connect from its tasks RUNNING to the last row, as e2e is timed.
         "per_s_cold": medians(lambda x, t: x.peer_cold_per_s[t], 1),
-        # Each round's e2e against the peer measured just before it, as for b_sql.
-        "e2e/peer": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_per_s[t]), 3),
+        "e2e/peer": {t: round(statistics.median(r), 3) for t, r in by_round.items()},
         "e2e/peer_cold": medians(lambda x, t: _ratio(x.e2e_per_s, x.peer_cold_per_s[t]), 3),
-        # And every round's, in order: on a shared host the rounds of one run can differ by
-        # more than a change being weighed, which the median alone hides.
-        "e2e/peer_by_round": {
-            str(t): [_ratio(x.e2e_per_s, x.peer_per_s[t]) for x in rounds] for t in tasks
-        },
+        # Every round's too: on a shared host the rounds of one run can differ by more than a
+        # change being weighed, which the median alone hides.
+        "e2e/peer_by_round": by_round,
     }
 
 
