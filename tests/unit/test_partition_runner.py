@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from contracts import ErrorKind
 from tests.support.fakes import (
@@ -23,7 +25,7 @@ from tests.support.fakes import (
     limits,
     record,
 )
-from worker.application.capture import BatchProcessor
+from worker.application.capture import BatchProcessor, Outcome
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.interfaces.http import Health
@@ -66,8 +68,15 @@ class Setup:
     def give_up(self) -> None:
         self.gave_up += 1
 
+    async def run(self, records: list[ConsumerRecord[Any, Any]]) -> int | None:
+        """The runner on `records`, then their delivery (publish, offset marked) awaited."""
+        rewound = await self.runner(self.consumer, TP, records)
+        await self.runner.delivered()
+        return rewound
+
     async def committed(self) -> int | None:
-        """The last offset committed for TP once pending commits are flushed."""
+        """The last offset committed for TP once deliveries and pending commits are done."""
+        await self.runner.delivered()
         await self.committer.close()
         offsets = [c[TP] for c in self.consumer.commits if TP in c]
         return offsets[-1] if offsets else None
@@ -81,7 +90,7 @@ class Setup:
 
 async def test_processed_records_are_committed_past_the_last_one() -> None:
     s = Setup(FakeStore())
-    rewound = await s.runner(s.consumer, TP, [record(0, 5), record(0, 6)])
+    rewound = await s.run([record(0, 5), record(0, 6)])
     assert rewound is None
     assert s.statuses() == [(5, None), (6, None)]
     assert await s.committed() == 7
@@ -106,14 +115,80 @@ async def test_a_stalled_partition_is_rewound_and_paused_not_committed() -> None
     assert s.publisher.outcomes == []
 
 
-async def test_exhausted_retries_rewind_and_stop_the_worker() -> None:
+async def test_exhausted_database_retries_rewind_and_stop_the_worker() -> None:
     backoff = Backoff(initial_s=0.001, max_s=0.001, max_attempts=1)
-    s = Setup(FakeStore(), publisher=FakePublisher(failures=5), backoff=backoff)
-    rewound = await s.runner(s.consumer, TP, [record(0, 5), record(0, 6)])
+    s = Setup(FakeStore(locked={USER}), backoff=backoff)
+    rewound = await s.run([record(0, 5), record(0, 6)])
     assert rewound == 5
     assert s.gave_up == 1
     assert s.consumer.positions[TP] == 5 and TP in s.consumer.paused()
     assert await s.committed() is None
+    assert s.publisher.outcomes == []
+
+
+async def test_exhausted_publish_retries_rewind_stop_and_reach_the_next_records() -> None:
+    backoff = Backoff(initial_s=0.001, max_s=0.001, max_attempts=1)
+    s = Setup(FakeStore(), publisher=FakePublisher(failures=5), backoff=backoff)
+    # The database's part succeeded; the results' delivery gives up in the background.
+    assert await s.run([record(0, 5), record(0, 6)]) is None
+    assert s.gave_up == 1
+    assert s.consumer.positions[TP] == 5 and TP in s.consumer.paused()
+    # The partition's next records (fetched before the rewind) learn of it: the lane drops them.
+    assert await s.runner(s.consumer, TP, [record(0, 7)]) == 5
+    assert s.publisher.outcomes == []
+    assert await s.committed() is None
+
+
+class HeldPublisher(FakePublisher):
+    """Publishes once `release` is set; `publishing` is set while a publish waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.publishing = asyncio.Event()
+
+    async def publish(self, outcomes: Sequence[Outcome]) -> None:
+        self.publishing.set()
+        await self.release.wait()
+        await super().publish(outcomes)
+
+
+async def test_the_next_records_are_handled_while_the_results_are_acknowledged() -> None:
+    publisher = HeldPublisher()
+    s = Setup(FakeStore(), publisher=publisher)
+    # Returns with the results still unacknowledged (waiting for them would time out).
+    assert (
+        await asyncio.wait_for(s.runner(s.consumer, TP, [record(0, 5), record(0, 6)]), 10) is None
+    )
+    assert publisher.publishing.is_set()
+    # The first results are not acknowledged yet: nothing is committed, and the next
+    # records go to the database meanwhile...
+    second = asyncio.create_task(s.runner(s.consumer, TP, [record(0, 7)]))
+    while len(s.store.calls) < 2:
+        await asyncio.sleep(0.001)
+    assert s.publisher.outcomes == []
+    # ...but are published only after the first ones, and the offsets marked in order.
+    assert not second.done()
+    publisher.release.set()
+    assert await asyncio.wait_for(second, 10) is None
+    await s.runner.delivered()
+    assert s.statuses() == [(5, None), (6, None), (7, None)]
+    assert [c[TP] for c in s.consumer.commits if TP in c][:1] == [7]
+    assert await s.committed() == 8
+
+
+async def test_a_bug_while_publishing_handles_the_records_one_at_a_time() -> None:
+    class BatchBug(FakePublisher):
+        async def publish(self, outcomes: Sequence[Outcome]) -> None:
+            if len(outcomes) > 1:
+                raise RuntimeError("a bug in publishing a batch")
+            await super().publish(outcomes)
+
+    s = Setup(FakeStore(), publisher=BatchBug())
+    assert await s.run([record(0, 5), record(0, 6)]) is None
+    assert s.statuses() == [(5, None), (6, None)]
+    assert await s.committed() == 7
+    assert s.health.stalled == {}
 
 
 async def test_a_bug_on_one_record_dead_letters_it_as_internal_and_the_rest_go_on() -> None:

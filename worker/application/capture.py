@@ -318,19 +318,34 @@ class BatchProcessor:
     _attempts: dict[PartitionKey, int] = field(default_factory=dict)
 
     async def process(self, records: Sequence[Envelope]) -> Processed:
-        """Handle each partition, then publish what succeeded; nothing is ever skipped.
+        """Handle each partition, then publish what succeeded; nothing is ever skipped."""
+        processed = await self.handle(records)
+        await self.publish(processed.outcomes, records)
+        return processed
+
+    async def handle(self, records: Sequence[Envelope]) -> Processed:
+        """The database's part: every partition's outcomes, not published yet.
 
         A partition whose handling failed transiently comes back in `stalled` (the caller
         rewinds and pauses it, `PartitionHold`), whatever the others did: a database that is
-        down stalls them all, one user's locked rows only their own partition. A failed
-        publish (Kafka) is retried here, with backoff, for the whole batch.
+        down stalls them all, one user's locked rows only their own partition.
         """
         partitions = by_partition(records)
+        limits = await self.limits()
+        outcomes, failures = await _per_partition(partitions, self.store, limits)
+        stalled = self._stalled(failures, partitions)
+        for key in partitions.keys() - stalled.keys():
+            self._attempts.pop(key, None)
+        return Processed(outcomes, stalled)
+
+    async def publish(self, outcomes: Sequence[Outcome], records: Sequence[Envelope]) -> None:
+        """Publish `outcomes` (of `records`), retried with backoff while Kafka fails.
+
+        Only the publishing is repeated: the database's part is done, and its results would
+        come back the same from the ledger. RetriesExhausted after the last attempt.
+        """
         attempt = 0
         while True:
-            limits = await self.limits()
-            outcomes, failures = await _per_partition(partitions, self.store, limits)
-            stalled = self._stalled(failures, partitions)
             try:
                 await self.publisher.publish(outcomes)
             except TransientError as exc:
@@ -353,11 +368,9 @@ class BatchProcessor:
                 )
                 await asyncio.sleep(delay)
             else:
-                for key in partitions.keys() - stalled.keys():
-                    self._attempts.pop(key, None)
                 if outcomes:
                     self.on_success()
-                return Processed(outcomes, stalled)
+                return
 
     async def dead_letter(self, envelope: Envelope, error: PermanentError) -> None:
         """Dead-letter one record the worker cannot handle (its rejected result too, when its

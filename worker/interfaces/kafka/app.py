@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -382,7 +383,10 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         log.info("worker stopping: finishing in-flight batch, committing, leaving the group")
         # Before the broker stops the consumer: the lanes still need it to commit.
         stopping.set()
+        deadline = time.monotonic() + settings.shutdown_timeout_s
         await lanes.drain(settings.shutdown_timeout_s)
+        if worker.runner is not None:  # the last records' results, still being acknowledged
+            await worker.runner.delivered(max(0.0, deadline - time.monotonic()))
         await committer.close()
 
     worker = Worker(settings=settings, app=app, broker=broker, health=health)

@@ -175,7 +175,8 @@ class PartitionLanes:
                 return
 
     async def drain(self, timeout_s: float) -> None:
-        """Finish the records being handled (publish included); leave the queued ones."""
+        """Finish the records being handled; leave the queued ones. Their results may still be
+        on their way: `PartitionRunner.delivered` waits for those."""
         self._stopping = True
         running = [t for t in self._tasks.values() if not t.done()]
         if running:

@@ -1,6 +1,8 @@
 """The delivery policy: what becomes of a partition after its records were handled.
 
-    processed                -> commit past the last record (in the background)
+    processed                -> publish the results and commit past the last record, in the
+                                background: the partition's next records go to the database
+                                meanwhile, and are published once these are acknowledged
     a partition stalled      -> rewind it and pause it for its backoff (PartitionHold)
     retries exhausted        -> rewind, and stop the worker with exit code 3 (never skip)
     an unexpected exception  -> a bug, not a transient failure: the records are handled again
@@ -74,29 +76,100 @@ class PartitionRunner:
         self._on_give_up = on_give_up
         self._on_stall = on_stall
         self._stopping = stopping or asyncio.Event()
+        self._delivering: dict[TopicPartition, asyncio.Task[int | None]] = {}
 
     async def __call__(
         self, consumer: Any, tp: TopicPartition, records: list[Record]
     ) -> int | None:
-        """Handle `records` (one partition's, in order); the offset it was rewound to, if it was."""
+        """Handle `records` (one partition's, in order); the offset it was rewound to, if it was.
+
+        The database's part is done here; the results are published (and the offset marked)
+        in the background, while the partition's next records are handled. A call waits for
+        the previous delivery on its partition before it publishes anything itself, and
+        returns that delivery's rewind if it had one.
+        """
         if tp not in consumer.assignment():
             return None  # revoked: its new owner resumes from the last commit
         started = time.perf_counter()
+        previous = self._delivering.pop(tp, None)
         try:
-            processed = await self.processor.process(envelopes(records))
+            processed = await self.processor.handle(envelopes(records))
+        except RetriesExhausted as exc:
+            rewound = await self._delivered(previous)
+            if rewound is not None:
+                return rewound
+            return self._give_up(consumer, tp, records[0].offset, str(exc))
+        except Exception as exc:
+            rewound = await self._delivered(previous)
+            if rewound is not None:
+                return rewound
+            return await self._internal(consumer, tp, records, exc, started)
+        rewound = await self._delivered(previous)
+        if rewound is not None:
+            # These records' effects are committed; their results go out when they come
+            # again, from the ledger.
+            return rewound
+        stall = processed.stalled.get((tp.topic, tp.partition))
+        if stall is not None:
+            self.hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
+            return stall.offset
+        delivery = asyncio.create_task(self._deliver(consumer, tp, records, processed, started))
+        delivery.add_done_callback(lambda done: self._forget(tp, done))
+        self._delivering[tp] = delivery
+        return None
+
+    async def delivered(self, timeout_s: float | None = None) -> None:
+        """Wait for the deliveries in flight (at shutdown, before the last commit)."""
+        pending = [t for t in self._delivering.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    async def _delivered(self, delivery: asyncio.Task[int | None] | None) -> int | None:
+        return None if delivery is None else await delivery
+
+    def _forget(self, tp: TopicPartition, delivery: asyncio.Task[int | None]) -> None:
+        """A delivery that ended well has nothing to tell the next call: let its batch go."""
+        if (
+            self._delivering.get(tp) is delivery
+            and not delivery.cancelled()
+            and delivery.exception() is None
+            and delivery.result() is None
+        ):
+            del self._delivering[tp]
+
+    async def _deliver(
+        self,
+        consumer: Any,
+        tp: TopicPartition,
+        records: list[Record],
+        processed: Processed,
+        started: float,
+    ) -> int | None:
+        """Publish what the database returned and mark the offset; the rewind, if any."""
+        try:
+            await self.processor.publish(processed.outcomes, envelopes(records))
         except RetriesExhausted as exc:
             return self._give_up(consumer, tp, records[0].offset, str(exc))
         except Exception as exc:
-            # A bug, not the message's fault, and not knowing which record caused it: handle
-            # them one at a time so that only the culprit is retried and, at worst, set aside.
-            self._internal_error(tp, records[0], exc, attempt=1, of_records=len(records))
-            # A batch of one has had its first attempt already.
-            first_error = exc if len(records) == 1 else None
-            rewound = await self._one_by_one(consumer, tp, records, first_error)
-            if rewound is None:
-                observe_batch(len(records), started)
-            return rewound
-        rewound = self._settle(consumer, tp, records, processed)
+            return await self._internal(consumer, tp, records, exc, started)
+        self._settle(consumer, tp, records, processed)
+        observe_batch(len(records), started)
+        return None
+
+    async def _internal(
+        self,
+        consumer: Any,
+        tp: TopicPartition,
+        records: list[Record],
+        exc: Exception,
+        started: float,
+    ) -> int | None:
+        # A bug, not the message's fault, and not knowing which record caused it: handle
+        # them one at a time so that only the culprit is retried and, at worst, set aside.
+        self._internal_error(tp, records[0], exc, attempt=1, of_records=len(records))
+        # A batch of one has had its first attempt already.
+        first_error = exc if len(records) == 1 else None
+        rewound = await self._one_by_one(consumer, tp, records, first_error)
         if rewound is None:
             observe_batch(len(records), started)
         return rewound
