@@ -301,7 +301,8 @@ class Stall:
 
 @dataclass(frozen=True, slots=True)
 class Processed:
-    """Outcomes of the partitions that succeeded (published), and the partitions to retry."""
+    """Outcomes of the partitions that succeeded, and the partitions to retry. `process`
+    returns them published; `handle` leaves the publishing to its caller."""
 
     outcomes: list[Outcome]
     stalled: Mapping[PartitionKey, Stall] = field(default_factory=dict)

@@ -125,7 +125,8 @@ class PartitionRunner:
             await asyncio.wait(pending, timeout=timeout_s)
 
     async def _delivered(self, delivery: asyncio.Task[int | None] | None) -> int | None:
-        return None if delivery is None else await delivery
+        # Shielded: a call cancelled while it waits must not cancel the delivery it waits for.
+        return None if delivery is None else await asyncio.shield(delivery)
 
     def _forget(self, tp: TopicPartition, delivery: asyncio.Task[int | None]) -> None:
         """A delivery that ended well has nothing to tell the next call: let its batch go."""
