@@ -28,6 +28,7 @@ from aiokafka.errors import IllegalStateError
 
 from contracts import ErrorKind
 from worker.application.capture import BatchProcessor, Processed, RetriesExhausted
+from worker.application.ports import Envelope
 from worker.application.retry import Backoff
 from worker.core import metrics
 from worker.core.logging import get_logger
@@ -92,28 +93,27 @@ class PartitionRunner:
             return None  # revoked: its new owner resumes from the last commit
         started = time.perf_counter()
         previous = self._delivering.pop(tp, None)
+        batch = envelopes(records)
+        failure: Exception | None = None
         try:
-            processed = await self.processor.handle(envelopes(records))
-        except RetriesExhausted as exc:
-            rewound = await self._delivered(previous)
-            if rewound is not None:
-                return rewound
-            return self._give_up(consumer, tp, records[0].offset, str(exc))
+            processed = await self.processor.handle(batch)
         except Exception as exc:
-            rewound = await self._delivered(previous)
-            if rewound is not None:
-                return rewound
-            return await self._internal(consumer, tp, records, exc, started)
+            failure = exc
         rewound = await self._delivered(previous)
         if rewound is not None:
-            # These records' effects are committed; their results go out when they come
+            # These records' effects may be committed; their results go out when they come
             # again, from the ledger.
             return rewound
-        stall = processed.stalled.get((tp.topic, tp.partition))
-        if stall is not None:
-            self.hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
-            return stall.offset
-        delivery = asyncio.create_task(self._deliver(consumer, tp, records, processed, started))
+        if isinstance(failure, RetriesExhausted):
+            return self._give_up(consumer, tp, records[0].offset, str(failure))
+        if failure is not None:
+            return await self._internal(consumer, tp, records, failure, started)
+        rewound = self._hold_if_stalled(consumer, tp, processed)
+        if rewound is not None:
+            return rewound
+        delivery = asyncio.create_task(
+            self._deliver(consumer, tp, records, batch, processed, started)
+        )
         delivery.add_done_callback(lambda done: self._forget(tp, done))
         self._delivering[tp] = delivery
         return None
@@ -143,12 +143,13 @@ class PartitionRunner:
         consumer: Any,
         tp: TopicPartition,
         records: list[Record],
+        batch: list[Envelope],
         processed: Processed,
         started: float,
     ) -> int | None:
         """Publish what the database returned and mark the offset; the rewind, if any."""
         try:
-            await self.processor.publish(processed.outcomes, envelopes(records))
+            await self.processor.publish(processed.outcomes, batch)
         except RetriesExhausted as exc:
             return self._give_up(consumer, tp, records[0].offset, str(exc))
         except Exception as exc:
@@ -178,16 +179,25 @@ class PartitionRunner:
     def _settle(
         self, consumer: Any, tp: TopicPartition, records: list[Record], processed: Processed
     ) -> int | None:
-        stall = processed.stalled.get((tp.topic, tp.partition))
-        if stall is not None:
-            self.hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
-            return stall.offset
+        rewound = self._hold_if_stalled(consumer, tp, processed)
+        if rewound is not None:
+            return rewound
         # This partition's offset only (other partitions' records may be in flight),
         # committed in the background: the partition goes on meanwhile.
         self.committer.mark(consumer, tp, records[-1].offset + 1)
         if tp in consumer.assignment():  # its high-water mark is known only while assigned
             record_lag(consumer, records)
         return None
+
+    def _hold_if_stalled(
+        self, consumer: Any, tp: TopicPartition, processed: Processed
+    ) -> int | None:
+        """The offset the partition was rewound to when it stalled (paused for its backoff)."""
+        stall = processed.stalled.get((tp.topic, tp.partition))
+        if stall is None:
+            return None
+        self.hold.hold(consumer, processed.stalled)  # rewinds; resumes after the backoff
+        return stall.offset
 
     async def _one_by_one(
         self,
