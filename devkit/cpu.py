@@ -14,6 +14,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil  # type: ignore[import-untyped]
@@ -55,8 +56,7 @@ def kafka_pids() -> list[int]:
     return found
 
 
-def _machine_busy() -> float:
-    times = psutil.cpu_times()
+def _busy(times: Any) -> float:  # psutil's scputimes
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
@@ -72,7 +72,11 @@ class CpuMeter:
 
     def sample(self) -> dict[str, float]:
         """CPU seconds so far of each part found, by name."""
-        seconds: dict[str, float] = {"machine": _machine_busy()}
+        seconds: dict[str, float] = {"machine": _busy(psutil.cpu_times())}
+        # Each core's too: with PostgreSQL on cores of its own (devkit/affinity.py), whether
+        # the database's cores or the others' were the ones short of time.
+        for core, times in enumerate(psutil.cpu_times(percpu=True)):
+            seconds[f"core{core}"] = _busy(times)
         parts: list[tuple[str, list[int], bool]] = [
             ("worker", [self.worker_pid], False),
             ("postgresql", [self.postmaster] if self.postmaster else [], True),
@@ -96,8 +100,13 @@ class CpuMeter:
         report = {
             f"{name}_us": round((end[name] - before) / commands * 1e6, 1)
             for name, before in start.items()
-            if name in end
+            if name in end and not name.startswith("core")
         }
         busy = end["machine"] - start["machine"]
         report["machine_busy_pct"] = round(100 * busy / (wall_s * (os.cpu_count() or 1)), 1)
+        for name, before in start.items():
+            if name.startswith("core") and name in end:
+                # Clock ticks (10 ms) against the wall clock: a short phase can read over 100.
+                share = min(1.0, (end[name] - before) / wall_s)
+                report[f"{name}_busy_pct"] = round(100 * share, 1)
         return report

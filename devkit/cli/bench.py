@@ -30,6 +30,10 @@ Every timed phase starts after a sync(2), so none pays for the disk writes of th
 With `--rounds R`, b_sql and e2e are measured R times, each e2e right after its own b_sql on
 fresh databases; the report gives medians, e2e/b_sql the median of the R paired ratios (and
 e2e/peer, the peer running between its round's b_sql and e2e).
+
+With `--database-cores N` the local stack's PostgreSQL gets N cores of its own and everything
+else (the worker, Kafka, the peer, the bench) the rest, for the whole run (devkit/affinity.py):
+the database as if on its own machine, so that the pipeline's CPU no longer slows it.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from rich.progress import (
 from rich.table import Table
 
 from contracts import CaptureArtifactCommand
-from devkit import cpu, stack
+from devkit import affinity, cpu, stack
 from devkit.peer import debezium as peer
 from devkit.records import Command, commands_of
 from devkit.stack.process import StackError
@@ -123,6 +127,8 @@ class BenchOptions:
     peer: Peer = Peer.NONE
     #: Connect's tasks in each peer measurement; empty means (partitions, 1).
     peer_tasks: tuple[int, ...] = ()
+    #: Cores of PostgreSQL's own during the timed phases (devkit/affinity.py); 0: all shared.
+    database_cores: int = 0
 
 
 def split_by_partition(commands: Sequence[Command], partitions: int) -> list[list[Command]]:
@@ -826,6 +832,12 @@ async def run_bench(
         settings.model_copy(update={"batch_size": options.batch, "embedding_dim": options.dim})
     )
     naive_total = min(options.messages, options.naive_messages)
+    split = None
+    if options.database_cores:
+        try:
+            split = affinity.plan(options.database_cores, os.sched_getaffinity(0))
+        except affinity.SplitError as exc:
+            raise BenchError(str(exc)) from exc
     async with AsyncExitStack() as stack:
         resources = await stack.enter_async_context(_resources(settings))
         progress = stack.enter_context(_progress(show_progress))
@@ -854,6 +866,15 @@ async def run_bench(
         ]
         machine = await _machine(settings, sql_urls[0])
         postmaster = await cpu.postmaster_pid(resources.admin_dsn)
+        machine["cpu_split"] = split.report() if split else None
+        if split:
+            if postmaster is None:
+                raise BenchError(
+                    "--database-cores: PostgreSQL must run on this machine (the local stack)"
+                )
+            stack.enter_context(
+                affinity.split_cores(split, postmaster=postmaster, kafka=cpu.kafka_pids())
+            )
         peer_tasks = options.peer_tasks or (partitions, 1)
         workload = None
         if options.peer is Peer.DEBEZIUM_JDBC:
@@ -1188,6 +1209,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"(synchronous_commit={m['synchronous_commit']}), {m['kafka']}, Python {m['python']}; "
         f"load {m['load_1m']}; {report['seconds']:.0f} s[/]"
     )
+    if m.get("cpu_split"):
+        split = m["cpu_split"]
+        console.print(
+            f"[dim]cores: PostgreSQL on {', '.join(map(str, split['postgresql']))}; the worker, "
+            f"Kafka, the peer and the bench on {', '.join(map(str, split['others']))}[/]"
+        )
 
 
 def _cpu_parts(used: dict[str, float]) -> str:
@@ -1202,7 +1229,9 @@ def _cpu_parts(used: dict[str, float]) -> str:
         )
         if f"{name}_us" in used
     ]
-    return f"{', '.join(parts)}; machine busy {used['machine_busy_pct']:.0f}%"
+    cores = [value for name, value in used.items() if name.startswith("core")]
+    each = f" (cores {', '.join(f'{c:.0f}' for c in cores)} %)" if len(cores) > 1 else ""
+    return f"{', '.join(parts)}; machine busy {used['machine_busy_pct']:.0f}%{each}"
 
 
 def _tasks_label(tasks: str) -> str:
@@ -1288,6 +1317,15 @@ def register(app: typer.Typer) -> None:
                 show_default="the topic's partitions, then 1",
             ),
         ] = None,
+        database_cores: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Give the local stack's PostgreSQL this many cores of its own, and the "
+                "worker, Kafka, the peer and the bench the rest, as if the database had its own "
+                "machine (0: every part shares every core).",
+            ),
+        ] = 0,
         fmt: Annotated[
             BenchFormat,
             typer.Option("--format", help="A table, or one JSON object on the last line."),
@@ -1317,6 +1355,7 @@ def register(app: typer.Typer) -> None:
             rounds=rounds,
             peer=peer_name,
             peer_tasks=tuple(peer_tasks or ()),
+            database_cores=database_cores,
         )
         try:
             report = asyncio.run(

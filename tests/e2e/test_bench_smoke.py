@@ -13,8 +13,11 @@ import sys
 from typing import Any
 
 import asyncpg
+import psutil  # type: ignore[import-untyped]
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+
+from devkit import cpu
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +142,13 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     kafka_bootstrap: str, pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
 ) -> None:
     """`--peer debezium-jdbc`: Kafka Connect runs the sink on the same commands, every row lands
-    (the phase waits for all of them), and the report pairs its rate with the worker's."""
+    (the phase waits for all of them), and the report pairs its rate with the worker's.
+
+    With `--database-cores 1`: PostgreSQL on a core of its own for the run, then back on all."""
+    postmaster = await cpu.postmaster_pid(pg_admin_url)
+    assert postmaster is not None, "the stack's PostgreSQL must run on this machine"
+    cores = sorted(os.sched_getaffinity(postmaster))
+    assert len(cores) >= 2, f"--database-cores 1 needs two cores; PostgreSQL may use {cores}"
     report = await _bench(
         kafka_bootstrap,
         pg_admin_url,
@@ -150,6 +159,7 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         "--peer", "debezium-jdbc",
         "--peer-tasks", "2",
         "--peer-tasks", "1",
+        "--database-cores", "1",
     )  # fmt: skip
 
     assert report["same_state"] is True
@@ -165,5 +175,12 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         assert peer["e2e/peer_by_round"][tasks] == [peer["e2e/peer"][tasks]]
     for tasks, rate in round_["peer_cold_per_s"].items():
         assert peer["e2e/peer_cold"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
+
+    # The split it ran with, each core's busy share beside it, and the server back on all cores.
+    allowed = sorted(os.sched_getaffinity(0))
+    assert report["machine"]["cpu_split"] == {"postgresql": allowed[:1], "others": allowed[1:]}
+    for core in range(len(psutil.cpu_times(percpu=True))):
+        assert 0 <= report["e2e_cpu"][f"core{core}_busy_pct"] <= 100
+    assert sorted(os.sched_getaffinity(postmaster)) == cores
 
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)
