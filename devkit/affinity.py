@@ -55,9 +55,12 @@ def _threads(pid: int) -> list[int]:
 
 def _set(pid: int, cores: frozenset[int]) -> None:
     for tid in _threads(pid):
-        # A thread or a process may end meanwhile (a backend disconnecting).
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.sched_setaffinity(tid, cores)
+        except ProcessLookupError:  # a thread or a process ended meanwhile (a backend leaving)
+            continue
+        except PermissionError as exc:  # another user's process, without CAP_SYS_NICE
+            raise SplitError(f"--database-cores: cannot move process {pid}: {exc}") from exc
 
 
 def _tree(pid: int) -> list[int]:

@@ -872,9 +872,12 @@ async def run_bench(
                 raise BenchError(
                     "--database-cores: PostgreSQL must run on this machine (the local stack)"
                 )
-            stack.enter_context(
-                affinity.split_cores(split, postmaster=postmaster, kafka=cpu.kafka_pids())
-            )
+            try:
+                stack.enter_context(
+                    affinity.split_cores(split, postmaster=postmaster, kafka=cpu.kafka_pids())
+                )
+            except affinity.SplitError as exc:
+                raise BenchError(str(exc)) from exc
         peer_tasks = options.peer_tasks or (partitions, 1)
         workload = None
         if options.peer is Peer.DEBEZIUM_JDBC:

@@ -184,3 +184,31 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     assert sorted(os.sched_getaffinity(postmaster)) == cores
 
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)
+
+
+async def test_a_split_that_leaves_no_core_for_the_rest_is_refused_before_anything_runs(
+    kafka_bootstrap: str, pg_admin_url: str
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "bench",
+        "--database-cores",
+        str(cores),
+        env={
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "DATABASE_URL": pg_admin_url,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    message = " ".join(err.decode().split())
+    assert f"--database-cores {cores}: this process may use {cores} core(s)" in message
