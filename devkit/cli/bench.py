@@ -1232,8 +1232,12 @@ def _cpu_parts(used: dict[str, float]) -> str:
         )
         if f"{name}_us" in used
     ]
-    cores = [value for name, value in used.items() if name.startswith("core")]
-    each = f" (cores {', '.join(f'{c:.0f}' for c in cores)} %)" if len(cores) > 1 else ""
+    cores = [
+        f"core {name[4:].removesuffix('_busy_pct')} {value:.0f}%"
+        for name, value in used.items()
+        if name.startswith("core")
+    ]
+    each = f" ({', '.join(cores)})" if len(cores) > 1 else ""
     return f"{', '.join(parts)}; machine busy {used['machine_busy_pct']:.0f}%{each}"
 
 
