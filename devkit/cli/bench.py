@@ -127,7 +127,7 @@ class BenchOptions:
     peer: Peer = Peer.NONE
     #: Connect's tasks in each peer measurement; empty means (partitions, 1).
     peer_tasks: tuple[int, ...] = ()
-    #: Cores of PostgreSQL's own during the timed phases (devkit/affinity.py); 0: all shared.
+    #: Cores of PostgreSQL's own for the run, from its first phase (devkit/affinity.py); 0: shared.
     database_cores: int = 0
 
 
