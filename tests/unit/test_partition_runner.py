@@ -25,6 +25,7 @@ from tests.support.fakes import (
     limits,
     record,
 )
+from tests.support.scenario import wait_until
 from worker.application.capture import BatchProcessor, Outcome
 from worker.application.retry import Backoff
 from worker.core import metrics
@@ -164,8 +165,11 @@ async def test_the_next_records_are_handled_while_the_results_are_acknowledged()
     # The first results are not acknowledged yet: nothing is committed, and the next
     # records go to the database meanwhile...
     second = asyncio.create_task(s.runner(s.consumer, TP, [record(0, 7)]))
-    while len(s.store.calls) < 2:
-        await asyncio.sleep(0.001)
+
+    async def second_call_made() -> bool:
+        return len(s.store.calls) >= 2
+
+    await wait_until(second_call_made, timeout_s=10, what="the next records' call", poll_s=0.001)
     assert s.publisher.outcomes == []
     # ...but are published only after the first ones, and the offsets marked in order.
     assert not second.done()
