@@ -14,9 +14,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import SchemaValidator, core_schema
 
 SCHEMA_VERSION = 1
 DEFAULT_EMBEDDING_DIM = 384
@@ -43,6 +45,11 @@ _PLAIN_HTTP_URL = re.compile(
 _UUID_TEXT = re.compile(
     r"(?:[0-9A-Fa-f]{4}(?:-?[0-9A-Fa-f]{4}){7}|\{[0-9A-Fa-f]{4}(?:-?[0-9A-Fa-f]{4}){7}\})"
 )
+# pydantic-core's UUID parser, for the usual 8-4-4-4-12 spelling only: there it accepts exactly
+# what the pattern above does (hex digits of any case), in a fifth of the time the pattern and
+# uuid.UUID() take (1 vs 5 µs; with two ids per command, 8 % of the worker's CPU). It also takes
+# spellings PostgreSQL refuses ("urn:uuid:..."), hence never anything else.
+_HYPHENATED_UUID = SchemaValidator(core_schema.uuid_schema())
 # float32 (pgvector's element type): a number of at least this magnitude rounds to infinity,
 # one of at most FLOAT32_ZERO rounds to zero.
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
@@ -95,9 +102,16 @@ def parse_uuid(value: object) -> UUID:
     """A UUID from any spelling PostgreSQL accepts; ValueError otherwise."""
     if isinstance(value, UUID):
         return value
-    if not isinstance(value, str) or not _UUID_TEXT.fullmatch(value):
-        raise ValueError("must be a UUID: 32 hex digits, hyphens and braces optional")
-    return UUID(hex=value.strip("{}").replace("-", ""))
+    if isinstance(value, str):
+        if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+            try:
+                parsed: UUID = _HYPHENATED_UUID.validate_python(value)
+                return parsed
+            except ValidationError:
+                pass  # not hex: refused below, with the one message
+        if _UUID_TEXT.fullmatch(value):
+            return UUID(hex=value.strip("{}").replace("-", ""))
+    raise ValueError("must be a UUID: 32 hex digits, hyphens and braces optional")
 
 
 def url_problem(value: str) -> str | None:

@@ -255,6 +255,45 @@ def test_the_url_fast_path_accepts_only_what_the_full_check_accepts(url: str) ->
     assert url_problem(url) is None
 
 
+# Strings in the shape of the 8-4-4-4-12 spelling, with characters PostgreSQL's uuid type
+# refuses mixed in: the fast path must give the pattern's verdict on every one.
+_UUID_LIKE = st.lists(
+    st.one_of(
+        st.sampled_from("0123456789abcdefABCDEF"),
+        st.sampled_from("-{}g:xX+ _\u0660\uff10\u00e9\x00"),
+    ),
+    min_size=32,
+    max_size=38,
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.uuids().map(lambda u: "{" + str(u) + "}"),
+        st.uuids().map(lambda u: u.hex),
+        st.uuids().map(lambda u: f"urn:uuid:{u}"),
+        _UUID_LIKE,
+        st.builds(
+            lambda u, i, c: str(u)[:i] + c + str(u)[i + 1 :],
+            st.uuids(),
+            st.integers(0, 35),
+            st.sampled_from("-gG:{}+ \u0660\uff10\u00e9\x00"),
+        ),
+    )
+)
+def test_the_uuid_fast_path_gives_the_patterns_verdict(text: str) -> None:
+    """parse_uuid reads 8-4-4-4-12 with pydantic-core: same verdict and value as the rule
+    PostgreSQL's uuid type follows (the pattern, then uuid.UUID)."""
+    if commands_module._UUID_TEXT.fullmatch(text):
+        assert commands_module.parse_uuid(text) == UUID(hex=text.strip("{}").replace("-", ""))
+    else:
+        with pytest.raises(ValueError, match="must be a UUID"):
+            commands_module.parse_uuid(text)
+
+
 @pytest.mark.parametrize(
     "url",
     [

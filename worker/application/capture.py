@@ -139,8 +139,6 @@ def record_key_problem(key: bytes | None, user_id: UUID) -> str | None:
     """
     if key is None:
         return "user_id: the record has no key; it must be the user_id"
-    if key == str(user_id).encode():  # the usual spelling: no parsing
-        return None
     try:
         same = parse_uuid(key.decode("ascii")) == user_id
     except (UnicodeDecodeError, ValueError):
