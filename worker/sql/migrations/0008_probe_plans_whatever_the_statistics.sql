@@ -12,8 +12,8 @@
 -- 10 % of the table changed, at its next round, a minute apart by default) made the plans anew.
 -- Measured here: after 1,900 commands, one 20-command call read 1,910 ledger rows and 2,818
 -- artifact rows (tests/integration/db/test_plan_stability.py); in a worker draining 20,000
--- commands after a VACUUM of the empty tables, the connection that made its plans first took
--- ~1 s per 100-command call instead of ~50 ms, and the drain took 10-30 s instead of 2.
+-- commands after a VACUUM of the empty tables, one of its connections took
+-- ~1 s per 100-command call instead of ~50 ms, and most drains took 11-31 s instead of ~2.
 --
 -- Here the two lookups are LATERAL subqueries with LIMIT 1 (the primary key allows one row
 -- anyway): a subquery with a LIMIT is never merged into the outer query, so it runs once per
