@@ -42,7 +42,8 @@ SET search_path = pg_catalog, capture, extensions, public, pg_temp
 -- both tables whole (measured: the cost per command grew with the table until an ANALYZE).
 -- With the plans' shape pinned, one plan per statement for the session is enough: planning
 -- anew on each call's arrays (what the plan cache chose for some statements, and for all of
--- them on small batches) cost more than a one-command batch's work.
+-- them on small batches) cost more than a one-command batch's work. The settings alone did not
+-- pin the lookups (this migration's header): they are written as probes, LATERAL ... LIMIT 1.
 SET enable_seqscan = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
