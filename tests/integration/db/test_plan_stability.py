@@ -1,8 +1,9 @@
-"""A connection keeps `_typed_batch`'s plans for its whole life (force_generic_plan), so a
-plan made while the tables looked empty must still read only the batch's own rows once the
-tables are large. Migration 0008's header tells the failure this guards against: a nested loop
-over a materialised full index scan, which read the whole ledger and every artifact on every
-call, so that a worker's calls grew slower with the tables without bound.
+"""A connection makes `_typed_batch`'s plans once (force_generic_plan) and keeps them until an
+ANALYZE of a table they read invalidates them, so a plan made while the tables looked empty
+must still read only the batch's own rows once the tables are large. Migration 0008's header
+tells the failure this guards against: a nested loop over a materialised full index scan,
+which read the whole ledger and every artifact on every call, so that a worker's calls grew
+slower with the tables until the next ANALYZE.
 
 The measure is the tuples each table gave up during one call (`pg_stat_xact_user_tables`, read
 before and after the call in its own transaction), not a time.
