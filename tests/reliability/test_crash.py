@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.fixtures.workers import WorkerSetup
-from tests.support.kafka_io import feed
+from tests.support.kafka_io import Item, feed
 from tests.support.scenario import (
     Scenario,
     add_stream_with_poison,
@@ -34,6 +34,11 @@ COMMANDS = 5000
 #: Each kill lands in its own window of the stream (seeded), so the three are spread out and
 #: the last one still leaves about a third of the stream to the last worker.
 KILL_WINDOWS = ((0.08, 0.20), (0.30, 0.45), (0.55, 0.70))
+#: The stream goes out in parts: before each kill, only up to a little past its window. A fast
+#: worker drained all that had arrived between reaching a window and its kill (once the whole
+#: stream, once all but what the next worker needed to count as processing), so a kill could
+#: land after the stream's end; the next part goes out only once the kill is done.
+MARGIN = 0.05
 
 
 async def test_sigkill_three_times_mid_stream(
@@ -47,11 +52,19 @@ async def test_sigkill_three_times_mid_stream(
     add_stream_with_poison(sent, make_stream(COMMANDS, users=16, seed=SEED).valid, rng)
     total = len(sent.valid_ids)
 
-    # Paced: the stream is still arriving while the first kills happen.
-    feeder = asyncio.create_task(feed(topics, sent.items, chunk=1000, pause_s=0.5))
+    ends = [int(len(sent.items) * (high + MARGIN)) for _, high in KILL_WINDOWS]
+    parts = [sent.items[a:b] for a, b in zip([0, *ends], [*ends, len(sent.items)], strict=True)]
+    fed = 0
+
+    async def send(part: list[Item]) -> None:
+        nonlocal fed
+        # Paced: each part is still arriving while the worker works on it.
+        fed += await feed(topics, part, chunk=500, pause_s=0.25)
+
     worker = worker_setup.start()
     faults = 0
-    for low, high in KILL_WINDOWS:
+    for (low, high), part in zip(KILL_WINDOWS, parts, strict=False):
+        feeder = asyncio.create_task(send(part))
         target = int(total * rng.uniform(low, high))
         current = worker
 
@@ -68,9 +81,11 @@ async def test_sigkill_three_times_mid_stream(
         current.kill()
         assert await applied(worker_setup.database_url) < total, "killed after the stream ended"
         faults += 1
+        await feeder  # the parts go out in order: a user's commands stay in order
         worker = worker_setup.start()
 
-    assert await feeder == len(sent.items)
+    await send(parts[-1])
+    assert fed == len(sent.items)
     await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
     assert_alive(worker)
     await scenario.conclude(
