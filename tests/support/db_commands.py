@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,16 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+from worker.application.ports import IngestCommand
+
 DIM = 384
 LEVELS = ("captured", "skimmed", "read", "deep")
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 Vector = npt.NDArray[np.float32]
+
+#: capture.ingest_typed with the seven arrays of `worker.infrastructure.repository.typed_arguments`.
+TYPED_INGEST = "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)"
 
 
 def new_id() -> str:
@@ -53,6 +59,20 @@ def command(
 
 def as_json(cmd: dict[str, Any]) -> str:
     return json.dumps(cmd)
+
+
+def typed(c: dict[str, Any]) -> IngestCommand:
+    """The typed form, straight from the dict: no Python validation, so SQL's checks run."""
+    occurred = c["occurred_at"]
+    return IngestCommand(
+        command_id=uuid.UUID(c["command_id"]),
+        user_id=uuid.UUID(c["user_id"]),
+        url=c["url"],
+        title=c.get("title"),
+        embedding=struct.pack(f">{len(c['embedding'])}f", *c["embedding"]),
+        reading_depth=float(c["reading_depth"]),
+        occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else occurred,
+    )
 
 
 def unit(rng: np.random.Generator, dim: int = DIM) -> Vector:

@@ -16,12 +16,10 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import numpy as np
 
-from tests.integration.db.test_typed_ingest import typed
-from tests.support.db_commands import new_id, stream
+from tests.support.db_commands import TYPED_INGEST, new_id, stream, table_counts, typed
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import typed_arguments
 
-_TYPED = "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)"
 _READ = """
     SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) AS n
     FROM pg_stat_xact_user_tables WHERE schemaname = 'capture'
@@ -58,20 +56,16 @@ async def test_a_plan_made_on_empty_tables_reads_only_the_batchs_rows_when_they_
         }
 
         async with pool.acquire() as conn:
-            await conn.fetchval(_TYPED, *typed_arguments(grown[:10]))  # the plans are made here
+            await conn.fetchval(
+                TYPED_INGEST, *typed_arguments(grown[:10])
+            )  # the plans are made here
             for start in range(10, len(grown), 100):
-                await conn.fetchval(_TYPED, *typed_arguments(grown[start : start + 100]))
+                await conn.fetchval(TYPED_INGEST, *typed_arguments(grown[start : start + 100]))
             async with conn.transaction():
                 before = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
-                replies = await conn.fetchval(_TYPED, *typed_arguments(probe))
+                replies = await conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
                 after = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
-        sizes = {
-            r["t"]: r["n"]
-            for r in await admin.fetch(
-                "SELECT 'command_ledger' AS t, count(*) AS n FROM capture.command_ledger"
-                " UNION ALL SELECT 'artifacts', count(*) FROM capture.artifacts"
-            )
-        }
+        sizes = await table_counts(admin)
     finally:
         await pool.close()
         await admin.close()

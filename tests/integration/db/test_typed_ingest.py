@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import struct
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import numpy as np
@@ -24,37 +21,22 @@ import numpy as np
 from tests.integration.db.test_determinism import interleave
 from tests.support.db_commands import (
     BASE_TIME,
+    TYPED_INGEST,
     as_json,
     command,
     new_id,
     stream,
     strip_clock,
     table_counts,
+    typed,
     unit,
 )
-from worker.application.ports import IngestCommand
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.db_errors import batch_element
 from worker.infrastructure.repository import ArtifactRepository, typed_arguments
 
 Normalised = tuple[Any, ...]
-_TYPED = "SELECT capture.ingest_typed($1, $2, $3, $4, $5, $6, $7, false)"
-
-
-def typed(c: dict[str, Any]) -> IngestCommand:
-    """The typed form, straight from the dict: no Python validation, so SQL's checks run."""
-    occurred = c["occurred_at"]
-    return IngestCommand(
-        command_id=UUID(c["command_id"]),
-        user_id=UUID(c["user_id"]),
-        url=c["url"],
-        title=c.get("title"),
-        embedding=struct.pack(f">{len(c['embedding'])}f", *c["embedding"]),
-        reading_depth=float(c["reading_depth"]),
-        occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else occurred,
-    )
-
 
 _DEPTH_RANGE = re.compile(r"^(reading_depth: must be between 0\.0 and 1\.5, got )(\S+)$")
 
@@ -97,7 +79,7 @@ async def through_typed(
         out: list[Normalised] = []
         for start in range(0, len(commands), batch):
             chunk = [typed(c) for c in commands[start : start + batch]]
-            elements = await pool.fetchval(_TYPED, *typed_arguments(chunk))
+            elements = await pool.fetchval(TYPED_INGEST, *typed_arguments(chunk))
             out.extend(normalise(batch_element(e)) for e in elements)
         return out, await repo.state_digest()
     finally:
@@ -242,7 +224,7 @@ async def test_the_common_case_takes_no_subtransaction(
                 conn, "SELECT capture.ingest_batch($1::jsonb)", json_batch
             )
             columns = typed_arguments([typed(c) for c in commands[half:]])
-            by_typed = await _subtransactions_after(conn, _TYPED, *columns)
+            by_typed = await _subtransactions_after(conn, TYPED_INGEST, *columns)
     finally:
         await pool.close()
     assert by_json == half  # the reference: one per command that wrote
@@ -356,9 +338,9 @@ async def test_a_batch_probes_the_indexes_even_on_statistics_of_an_empty_table(
             await conn.execute("SELECT capture.reset_state()")
             # The session's plans are made here, on statistics that still say empty, and kept.
             for start in range(0, 160, 20):
-                await conn.fetchval(_TYPED, *typed_arguments(commands[start : start + 20]))
+                await conn.fetchval(TYPED_INGEST, *typed_arguments(commands[start : start + 20]))
             seq_before, idx_before = await _scans(conn)
-            await conn.fetchval(_TYPED, *typed_arguments(commands[160:]))
+            await conn.fetchval(TYPED_INGEST, *typed_arguments(commands[160:]))
             seq_after, idx_after = await _scans(conn)
     finally:
         await pool.close()
