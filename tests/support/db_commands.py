@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import struct
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
@@ -220,3 +222,25 @@ async def table_counts(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int
     for table in ("artifacts", "signals", "subspaces", "command_ledger", "rejections"):
         counts[table] = await conn.fetchval(f"SELECT count(*) FROM capture.{table}")
     return counts
+
+
+def interleave(commands: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A random merge of the per-user sequences that keeps each user's order."""
+    queues: dict[str, list[dict[str, Any]]] = {}
+    for c in commands:
+        queues.setdefault(c["user_id"], []).append(c)
+    rnd = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    while queues:
+        user = rnd.choice(sorted(queues))
+        out.append(queues[user].pop(0))
+        if not queues[user]:
+            del queues[user]
+    return out
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """`url` with another login (user and password), same server and database."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.database import TemplateDatabase, clone_database
-from tests.support.db_commands import as_json, command, new_id, unit
+from tests.support.db_commands import as_json, as_user, command, new_id, unit
 from worker.infrastructure.db import dsn_with_database
 from worker.infrastructure.migrations import apply_migrations
 from worker.infrastructure.roles import create_login
@@ -60,11 +60,6 @@ SHADOWS = {
     "system_config": "(key text PRIMARY KEY, value jsonb, updated_at timestamptz DEFAULT now())",
 }
 LOGIN_PASSWORD = "definer-test-password"  # a throw-away login of this module
-
-
-def as_user(url: str, user: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://{user}:{LOGIN_PASSWORD}@{rest.rsplit('@', 1)[-1]}"
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +196,7 @@ async def test_temp_tables_of_the_login_do_not_redirect_ingest(layout_db: str, l
         user_id=user, url="https://example.com/shadow", embedding=unit(rng), reading_depth=0.1
     )
     second = command(user_id=user, url="https://example.com/shadow-2", embedding=unit(rng))
-    worker = await asyncpg.connect(as_user(layout_db, login))
+    worker = await asyncpg.connect(as_user(layout_db, login, LOGIN_PASSWORD))
     admin = await asyncpg.connect(layout_db)
     try:
         assert not await worker.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", login)

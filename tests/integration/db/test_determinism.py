@@ -4,7 +4,6 @@ whether it is ingested one call at a time or in batches."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from tests.support.db_commands import (
     artifact_id,
     as_json,
     command,
+    interleave,
     md5_uuid,
     new_id,
     stream,
@@ -24,21 +24,6 @@ from tests.support.db_commands import (
 )
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
-
-
-def interleave(commands: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """A random merge of the per-user sequences that keeps each user's order."""
-    queues: dict[str, list[dict[str, Any]]] = {}
-    for c in commands:
-        queues.setdefault(c["user_id"], []).append(c)
-    rnd = random.Random(seed)
-    out: list[dict[str, Any]] = []
-    while queues:
-        user = rnd.choice(sorted(queues))
-        out.append(queues[user].pop(0))
-        if not queues[user]:
-            del queues[user]
-    return out
 
 
 async def ingest(

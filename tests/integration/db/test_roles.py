@@ -7,7 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.fixtures.database import TemplateDatabase
-from tests.support.db_commands import as_json, command, new_id, unit
+from tests.support.db_commands import as_json, as_user, command, new_id, unit
 from worker.interfaces.cli.db import register
 
 TABLES = [
@@ -28,12 +28,6 @@ TABLES = [
     "system_config",
     "schema_migrations",
 ]
-
-
-def as_user(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
 @pytest.fixture(scope="module")

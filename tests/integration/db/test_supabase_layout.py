@@ -16,8 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.fixtures.database import SUPABASE_LAYOUT, TemplateDatabase
-from tests.integration.db.test_roles import as_user
-from tests.support.db_commands import as_json, command, new_id, unit
+from tests.support.db_commands import as_json, as_user, command, new_id, unit
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.migrations import apply_migrations
 from worker.interfaces.cli.db import register

@@ -18,12 +18,12 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from tests.integration.db.test_determinism import interleave
 from tests.support.db_commands import (
     BASE_TIME,
     TYPED_INGEST,
     as_json,
     command,
+    interleave,
     new_id,
     stream,
     strip_clock,
