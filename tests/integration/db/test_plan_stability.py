@@ -1,9 +1,9 @@
-"""A connection makes `_typed_batch`'s plans once (force_generic_plan) and keeps them until an
-ANALYZE of a table they read invalidates them, so a plan made while the tables looked empty
-must still read only the batch's own rows once the tables are large. Migration 0008's header
-tells the failure this guards against: a nested loop over a materialised full index scan,
-which read the whole ledger and every artifact on every call, so that a worker's calls grew
-slower with the tables until the next ANALYZE.
+"""A connection keeps each plpgsql statement's plan until an ANALYZE or a VACUUM of a table it
+reads invalidates it, so a plan made while the tables looked empty must still read only the
+call's own rows once the tables are large. Migrations 0008 (the typed batch) and 0009 (the
+JSON path and record_rejections) tell the failures this guards against: a sequential scan, or
+a nested loop over a materialised full index scan, either of which read the whole table on
+every call, so that the calls grew slower with the tables until the next ANALYZE.
 
 The measure is the tuples each table gave up during one call (`pg_stat_xact_user_tables`, read
 before and after the call in its own transaction), not a time.
@@ -11,12 +11,21 @@ before and after the call in its own transaction), not a time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import numpy as np
 
-from tests.support.db_commands import TYPED_INGEST, new_id, stream, table_counts, typed
+from tests.support.db_commands import (
+    TYPED_INGEST,
+    as_json,
+    new_id,
+    stream,
+    table_counts,
+    typed,
+)
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import typed_arguments
 
@@ -28,55 +37,144 @@ _TABLES = "capture.command_ledger, capture.artifacts, capture.subspaces, capture
 MAX_SUBSPACES_PER_USER = 32  # system_config's subspace.max_per_user
 
 
+async def _vacuum_empty(admin: asyncpg.Connection, tables: str) -> None:
+    """What autovacuum or an operator leaves behind on an empty table: statistics that say it
+    is empty (not "never analysed", which the planner treats as ten pages)."""
+    await admin.execute(f"VACUUM ANALYZE {tables}")
+    names = [t.strip() for t in tables.split(",")]
+    empty = await admin.fetch(
+        "SELECT relname, reltuples FROM pg_class WHERE oid = ANY ($1::regclass[])", names
+    )
+    assert {r["relname"]: r["reltuples"] for r in empty} == {
+        name.removeprefix("capture."): 0 for name in names
+    }
+
+
+async def _rows_read(
+    conn: asyncpg.Connection, call: Callable[[], Awaitable[Any]]
+) -> tuple[Any, dict[str, int]]:
+    """`call`'s reply, and the rows each table gave up while it ran."""
+    async with conn.transaction():
+        before = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
+        reply = await call()
+        after = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
+    return reply, {table: after[table] - before.get(table, 0) for table in after}
+
+
+def _bounded_by(read: dict[str, int], commands: int, *, artifact_reads: int = 2) -> None:
+    """A probe per command (and each update reads what it updates), whatever the tables' size;
+    each new artifact compares itself with its user's subspaces, at most the cap of them."""
+    assert read.get("command_ledger", 0) <= commands, read
+    assert read.get("artifacts", 0) <= artifact_reads * commands, read
+    assert read.get("subspaces", 0) <= commands * (MAX_SUBSPACES_PER_USER + 1), read
+
+
+def _commands(seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return stream(rng, users=[new_id() for _ in range(8)], per_user=250, clusters=4)
+
+
 async def test_a_plan_made_on_empty_tables_reads_only_the_batchs_rows_when_they_are_large(
     fresh_database: Callable[[], Awaitable[str]],
 ) -> None:
     url = await fresh_database()
-    rng = np.random.default_rng(808)
-    commands = [
-        typed(c) for c in stream(rng, users=[new_id() for _ in range(8)], per_user=250, clusters=4)
-    ]
+    commands = [typed(c) for c in _commands(808)]
     grown, probe = commands[:1900], commands[1900:1920]
 
     admin = await asyncpg.connect(url)
     pool = await create_pool(url, min_size=1, max_size=1)  # one connection: one plan cache
     try:
-        # What autovacuum or an operator leaves behind on an empty table: statistics that say
-        # it is empty (not "never analysed", which the planner treats as ten pages).
-        await admin.execute(f"VACUUM ANALYZE {_TABLES}")
-        empty = await admin.fetch(
-            "SELECT relname, reltuples FROM pg_class WHERE oid = ANY ($1::regclass[])",
-            [t.strip() for t in _TABLES.split(",")],
-        )
-        assert {r["relname"]: r["reltuples"] for r in empty} == {
-            "command_ledger": 0,
-            "artifacts": 0,
-            "subspaces": 0,
-            "signals": 0,
-        }
-
+        await _vacuum_empty(admin, _TABLES)
         async with pool.acquire() as conn:
             await conn.fetchval(
                 TYPED_INGEST, *typed_arguments(grown[:10])
             )  # the plans are made here
             for start in range(10, len(grown), 100):
                 await conn.fetchval(TYPED_INGEST, *typed_arguments(grown[start : start + 100]))
-            async with conn.transaction():
-                before = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
-                replies = await conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
-                after = {r["relname"]: r["n"] for r in await conn.fetch(_READ)}
+            replies, read = await _rows_read(
+                conn, lambda: conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
+            )
         sizes = await table_counts(admin)
     finally:
         await pool.close()
         await admin.close()
 
     assert all(r["status"] == "ingested" for r in replies)
-    read = {table: after[table] - before.get(table, 0) for table in after}
     # The premise: the tables are now far larger than a batch.
     assert sizes["command_ledger"] >= 1900 and sizes["artifacts"] >= 10 * len(probe), sizes
-    # A probe per command (and the artifacts' update reads what it updates): bounded by the
-    # batch, whatever the tables' size.
-    assert read["command_ledger"] <= len(probe), read
-    assert read["artifacts"] <= 2 * len(probe), read
-    # Each new artifact compares itself with its user's subspaces, at most the cap of them.
-    assert read["subspaces"] <= len(probe) * (MAX_SUBSPACES_PER_USER + 1), read
+    _bounded_by(read, len(probe))
+
+
+async def test_the_json_paths_plans_made_on_empty_tables_read_only_their_commands_rows(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """ingest_with_signal and ingest_batch share _ingest, and so its plans on a connection."""
+    url = await fresh_database()
+    texts = [as_json(c) for c in _commands(909)]
+    grown, single, batch = texts[:1900], texts[1900], texts[1901:1911]
+
+    admin = await asyncpg.connect(url)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        await _vacuum_empty(admin, _TABLES)
+        async with pool.acquire() as conn:
+            for text in grown[:10]:  # the plans are made here (generic from the sixth call)
+                await conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", text)
+            for start in range(10, len(grown), 100):
+                await conn.fetchval(
+                    "SELECT capture.ingest_batch($1::jsonb)",
+                    "[" + ",".join(grown[start : start + 100]) + "]",
+                )
+            one, read_one = await _rows_read(
+                conn, lambda: conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", single)
+            )
+            many, read_many = await _rows_read(
+                conn,
+                lambda: conn.fetchval(
+                    "SELECT capture.ingest_batch($1::jsonb)", "[" + ",".join(batch) + "]"
+                ),
+            )
+        sizes = await table_counts(admin)
+    finally:
+        await pool.close()
+        await admin.close()
+
+    assert one["status"] == "ingested"
+    assert all(r["status"] == "ingested" for r in many), many
+    assert sizes["command_ledger"] >= 1900 and sizes["artifacts"] >= 200, sizes
+    # Per command, _ingest reads its artifact, updates it, and the signal's foreign key
+    # checks it: three reads of one row.
+    _bounded_by(read_one, 1, artifact_reads=3)
+    _bounded_by(read_many, len(batch), artifact_reads=3)
+
+
+async def test_record_rejections_plan_made_on_an_empty_table_reads_only_its_results(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    url = await fresh_database()
+
+    def rejections(n: int) -> str:
+        rejected = {"status": "rejected", "error": {"kind": "invalid"}}
+        return json.dumps([{"event_id": new_id(), **rejected} for _ in range(n)])
+
+    admin = await asyncpg.connect(url)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        await _vacuum_empty(admin, "capture.rejections")
+        async with pool.acquire() as conn:
+            record = "SELECT capture.record_rejections($1::jsonb)"
+            for _ in range(8):  # the plans are made here (generic from the sixth call)
+                await conn.fetchval(record, rejections(2))
+            for _ in range(20):
+                await conn.fetchval(record, rejections(100))
+            probe = rejections(3)
+            stored, read = await _rows_read(conn, lambda: conn.fetchval(record, probe))
+        sizes = await table_counts(admin)
+    finally:
+        await pool.close()
+        await admin.close()
+
+    assert stored == json.loads(probe)
+    assert sizes["rejections"] >= 2000, sizes
+    # One probe per result; 0004's join read the whole table on every call.
+    assert read["rejections"] <= 3, read
