@@ -403,7 +403,11 @@ async def _publish(
             futures.append(await producer.send(topic, command.text.encode(), key=command.key))
             if index % 500 == 0:
                 on_progress(index)
-        metadata = await asyncio.gather(*futures)
+        # Every batch on its way first: one gather over every future queued a callback each on
+        # the event loop (~0.2 s at 50,000), during which the last batch waited in the producer
+        # and the latency phase's last records took ~180 ms instead of ~40.
+        await producer.flush()
+        metadata = [await future for future in futures]
         on_progress(len(commands))
         return [int(m.timestamp) for m in metadata]
     finally:

@@ -221,7 +221,8 @@ async def send_records(
             report.first_error = report.first_error or f"{type(error).__name__}: {error}"
         on_delivery()
 
-    pending: list[asyncio.Future[Any]] = []
+    # Only what is not acknowledged yet: a stream of millions holds no future per record.
+    pending: set[asyncio.Future[Any]] = set()
     bucket = TokenBucket(rate) if rate else None
     try:
         for record in records:
@@ -236,8 +237,13 @@ async def send_records(
                 headers=tracing.new_trace_headers(topic, record.key),
             )
             future.add_done_callback(delivered)
-            pending.append(future)
-        await asyncio.gather(*pending, return_exceptions=True)
+            future.add_done_callback(pending.discard)
+            pending.add(future)
+        # Every batch on its way before waiting for the rest: a gather over every future at
+        # the end queued a callback each on the event loop while the last batch waited.
+        await producer.flush()
+        if pending:
+            await asyncio.wait(pending)
     finally:
         await producer.stop()
         report.seconds = time.perf_counter() - started
