@@ -11,12 +11,13 @@ dropped at the end, with one pre-generated command stream of N commands:
            validate, results published with acks=all, offset commits), in this process, with an
            in-memory store that answers with the results b_sql got: Kafka + Python, no database.
   e2e      the real worker process (`capture-worker run`) on the pre-published stream, timed from
-           its /readyz turning 200 (subscriber started) to the Kafka timestamp of the last result;
+           its /readyz turning 200 (subscriber started) to the time Kafka stored the last result;
            its peak RSS is sampled meanwhile (the whole stream is waiting when it starts).
   latency  the same worker, now idle, fed at half the e2e rate (or --latency-rate) for a
-           while; a command's latency is its result record's timestamp minus its own record's
-           timestamp (both CreateTime). Its p99 also second by second: a steady state, or a
-           few seconds' stall?
+           while; a command's latency is from its sending (its record's CreateTime, stamped
+           when the bench handed it to its producer) to its result's storing (the results
+           topics keep LogAppendTime, so the worker's publishing counts too). Its p99 also
+           second by second: a steady state, or a few seconds' stall?
   naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
            and wait for acks=all, commit; on the first `--naive-messages` records, to bound time.
   peer     with `--peer debezium-jdbc`: the Debezium JDBC sink on Kafka Connect, fed the same
@@ -268,7 +269,9 @@ class Resources:
         await _admin_execute(self.admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.databases.remove(name)
 
-    async def make_topics(self, *suffixes: str) -> list[str]:
+    async def make_topics(self, *suffixes: str, log_append_time: bool = False) -> list[str]:
+        """`log_append_time`: each record's timestamp is when the broker stored it, not what
+        its producer stamped it with when it was handed to the client."""
         names = [f"cw-bench-{self.run_id}.{s}" for s in suffixes]
         admin = AIOKafkaAdminClient(**connection_options(self.settings))
         await admin.start()
@@ -278,6 +281,7 @@ class Resources:
                 names,
                 partitions=self.settings.topic_partitions,
                 max_message_bytes=self.settings.record_room_bytes,
+                configs={"message.timestamp.type": "LogAppendTime"} if log_append_time else None,
             )
         finally:
             await admin.close()
@@ -860,13 +864,17 @@ async def run_bench(
         sql_urls = [await resources.clone(f"sql{r}") for r in range(options.rounds)]
         e2e_urls = [await resources.clone(f"e2e{r}") for r in range(options.rounds)]
         naive_url = await resources.clone("naive")
-        commands_topic, kafka_results, kafka_dlq, naive_results = await resources.make_topics(
-            "commands", "kafka-results", "kafka-dlq", "naive-results"
+        # A result's timestamp is when Kafka stored it, so that the worker's publishing
+        # (its producer's linger, the produce request) counts in the latency and the rates.
+        (commands_topic,) = await resources.make_topics("commands")
+        kafka_results, kafka_dlq, naive_results = await resources.make_topics(
+            "kafka-results", "kafka-dlq", "naive-results", log_append_time=True
         )
         # Created now, long before use: a topic read a moment after its creation answers
         # "not leader" for a while, which aiokafka logs as errors.
         e2e_topics = [
-            await resources.make_topics(f"results{r}", f"dlq{r}") for r in range(options.rounds)
+            await resources.make_topics(f"results{r}", f"dlq{r}", log_append_time=True)
+            for r in range(options.rounds)
         ]
         machine = await _machine(settings, sql_urls[0])
         postmaster = await cpu.postmaster_pid(resources.admin_dsn)

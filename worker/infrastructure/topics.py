@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -22,15 +22,18 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int | None = None,
     max_message_bytes: int | None = None,
+    configs: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create each missing topic; return the names created.
+    """Create each missing topic (with `configs`, topic settings); return the names created.
 
     Without a replication factor, the cluster decides (`cluster_replication_factor`): one
     on a single local broker, three in production. Three replicas come with
     min.insync.replicas=2.
     """
     existing = set(await admin.list_topics())
-    configs = {"max.message.bytes": str(max_message_bytes)} if max_message_bytes else {}
+    configs = dict(configs or {})
+    if max_message_bytes:
+        configs["max.message.bytes"] = str(max_message_bytes)
     missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return []
