@@ -4,6 +4,7 @@ must land exactly where (and in the order) one send() per result would have put 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import defaultdict
 
@@ -77,3 +78,27 @@ async def test_results_land_on_their_users_partition_in_order_across_many_batche
 
     (letter,) = await read_all(kafka_bootstrap, dlq)
     assert letter.value == b"{not json"
+
+
+async def test_results_go_out_without_waiting_for_the_producers_linger(
+    kafka_client_options: dict[str, object], make_topic: MakeTopic
+) -> None:
+    """A result batch is complete when it is handed over: the linger, which lets send() fill
+    a batch, would only delay it (by the worker's 5 ms on every result, before this)."""
+    results, dlq = await make_topic(2, suffix="res"), await make_topic(1, suffix="dlq")
+    linger_s = 20.0
+    producer = AIOKafkaProducer(
+        **kafka_client_options, acks="all", enable_idempotence=True, linger_ms=int(linger_s * 1000)
+    )
+    await producer.start()
+    try:
+        publisher = OutcomePublisher(producer, results_topic=results, dlq_topic=dlq)
+        await publisher.publish([_outcome(0, uuid.uuid4())])  # metadata, connections
+        users = [uuid.uuid4() for _ in range(5)]
+        started = time.monotonic()
+        await publisher.publish([_outcome(i, users[i % 5]) for i in range(1, 40)])
+        took = time.monotonic() - started
+    finally:
+        await producer.stop()
+    # publish() returns once every result is acknowledged: well before one linger.
+    assert took < linger_s / 2, f"the results waited {took:.1f} s for the linger"
