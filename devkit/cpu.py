@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,15 @@ def kafka_pids() -> list[int]:
         if "kafka.Kafka" in cmdline:
             found.append(process.pid)
     return found
+
+
+def kafka_uptime_s() -> float | None:
+    """Seconds since the youngest local Kafka JVM started; None when none runs here."""
+    started = []
+    for pid in kafka_pids():
+        with contextlib.suppress(psutil.Error):
+            started.append(psutil.Process(pid).create_time())
+    return round(time.time() - max(started), 1) if started else None
 
 
 def _busy(times: Any) -> float:  # psutil's scputimes

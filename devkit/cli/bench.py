@@ -96,6 +96,7 @@ from worker.interfaces.cli.output import console, emit_json, err_console, fail
 from worker.interfaces.cli.publish import TokenBucket
 
 STALL_TIMEOUT_S = 120.0  # no new result for this long: the phase has failed
+WARM_BROKER_S = 300.0  # a Kafka JVM younger than this at the start gets a note in the report
 
 
 class BenchError(Exception):
@@ -791,6 +792,9 @@ async def _machine(settings: Settings, url: str) -> dict[str, Any]:
         "kafka": _kafka_version(settings),
         # Others' work on the machine moves every number: the load at the start says how much.
         "load_1m": round(os.getloadavg()[0], 2),
+        # A broker started minutes ago still compiles: measured here, its CPU per command in
+        # the latency phase was 2-2.5 times a warm one's.
+        "kafka_uptime_s": cpu.kafka_uptime_s(),
     }
 
 
@@ -1224,6 +1228,13 @@ def print_report(report: dict[str, Any]) -> None:
         f"(synchronous_commit={m['synchronous_commit']}), {m['kafka']}, Python {m['python']}; "
         f"load {m['load_1m']}; {report['seconds']:.0f} s[/]"
     )
+    uptime = m.get("kafka_uptime_s")
+    if uptime is not None and uptime < WARM_BROKER_S:
+        console.print(
+            f"[yellow]Kafka's JVM had run {uptime:.0f} s when the run started: a broker that new "
+            "is still compiling and costs more CPU per command (up to 2.5 times a warm one's "
+            "in the latency phase), which the other parts pay for on shared cores.[/]"
+        )
     if m.get("cpu_split"):
         split = m["cpu_split"]
         console.print(

@@ -118,6 +118,7 @@ async def test_bench_reports_every_measure_as_one_json_object(
     assert report["same_state"] is True
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["postgresql"] and machine["kafka"]
+    assert machine["kafka_uptime_s"] > 0  # the stack's broker runs here: its age is known
     # The stack's PostgreSQL and Kafka run on this machine: each part's CPU is found and counted.
     # The bench's own share too: in e2e only its reader runs (it may not use one clock tick of
     # a short phase), in the latency phase its publisher as well.
