@@ -78,10 +78,11 @@ from rich.table import Table
 from contracts import CaptureArtifactCommand
 from devkit import affinity, cpu, stack
 from devkit.peer import debezium as peer
+from devkit.ports import free_port
 from devkit.records import Command, commands_of
 from devkit.stack.process import StackError
 from devkit.synthetic import generate_lines
-from devkit.worker_process import WorkerExited, WorkerProcess, free_port
+from devkit.worker_process import WorkerExited, WorkerProcess
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand, ResultObject
 from worker.core.config import Settings, get_settings

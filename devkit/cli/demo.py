@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from devkit.paths import state_dir
 from devkit.poison import poison_payloads
+from devkit.ports import free_port
 from devkit.synthetic import generate_lines
 from worker.core.config import Settings, get_settings
 from worker.infrastructure.kafka_client import producer_options
@@ -49,12 +49,6 @@ def _metric(port: int, name: str, label: str = "") -> float:
         for line in body.splitlines()
         if line.startswith(name + ("{" if label else " ")) and label in line
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ready(port: int) -> bool:
@@ -121,7 +115,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the worker end to end on the local stack and summarise what it did."""
         settings = get_settings()
-        http_port = http_port or _free_port()
+        http_port = http_port or free_port()
         seed = seed if seed is not None else random.SystemRandom().randrange(1, 1_000_000)
         console.rule("[bold]capture-worker demo")
         applied = asyncio.run(

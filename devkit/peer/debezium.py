@@ -33,12 +33,12 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from devkit.paths import cache_dir
+from devkit.ports import free_port
 from devkit.records import Command
 from devkit.stack import kafka as stack_kafka
 from devkit.stack import process
 from devkit.stack.kafka import KAFKA_VERSION
 from devkit.stack.model import Progress, no_progress
-from devkit.worker_process import free_port
 from worker.core.config import Settings
 
 DEBEZIUM_VERSION = "3.6.0.Final"

@@ -30,7 +30,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devkit.poison import poison_payloads
-from devkit.worker_process import WorkerProcess, free_port
+from devkit.ports import free_port
+from devkit.worker_process import WorkerProcess
 from tests.fixtures.services import unavailable
 from tests.support.kafka_io import Topics, feed
 from tests.support.scenario import (

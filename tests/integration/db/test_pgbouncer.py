@@ -26,8 +26,9 @@ import asyncpg
 import numpy as np
 import pytest
 
+from devkit.ports import free_port
 from devkit.stack.postgres import service_user
-from tests.fixtures.services import free_port, unavailable
+from tests.fixtures.services import unavailable
 from tests.support.db_commands import as_json, command, unit
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
