@@ -12,7 +12,9 @@ import random
 import socket
 from pathlib import Path
 
-_LOWEST = 10000  # below: well-known and registered services
+# Below: well-known services, and the local stack's own ports (PostgreSQL 15432, the PG 16
+# suite's 15433, Kafka 19092-19097), which a restart frees for a while.
+_LOWEST = 20000
 
 
 def ephemeral_range() -> tuple[int, int]:
