@@ -410,8 +410,8 @@ async def _publish(
             if index % 500 == 0:
                 on_progress(index)
         # Every batch on its way first: one gather over every future queued a callback each on
-        # the event loop (~0.2 s at 50,000), during which the last batch waited in the producer
-        # and the latency phase's last records took ~180 ms instead of ~40.
+        # the event loop (50,000 of them in a latency phase) while the last batch waited in the
+        # producer, and the phase's last records took ~180 ms instead of ~40.
         await producer.flush()
         metadata = [await future for future in futures]
         on_progress(len(commands))
@@ -794,7 +794,7 @@ async def _machine(settings: Settings, url: str) -> dict[str, Any]:
         # Others' work on the machine moves every number: the load at the start says how much.
         "load_1m": round(os.getloadavg()[0], 2),
         # A broker started minutes ago still compiles: measured here, its CPU per command in
-        # the latency phase was 2-2.5 times a warm one's.
+        # the latency phase was more than twice a warm one's.
         "kafka_uptime_s": cpu.kafka_uptime_s(),
     }
 
@@ -1233,8 +1233,8 @@ def print_report(report: dict[str, Any]) -> None:
     if uptime is not None and uptime < WARM_BROKER_S:
         console.print(
             f"[yellow]Kafka's JVM had run {uptime:.0f} s when the run started: a broker that new "
-            "is still compiling and costs more CPU per command (up to 2.5 times a warm one's "
-            "in the latency phase), which the other parts pay for on shared cores.[/]"
+            "is still compiling and costs more CPU per command (here more than twice a warm "
+            "one's in the latency phase), which the other parts pay for on shared cores.[/]"
         )
     if m.get("cpu_split"):
         split = m["cpu_split"]

@@ -1,14 +1,14 @@
 -- 0009: the JSON path's lookups (ingest_with_signal, ingest_batch) and record_rejections' are
 -- index probes whatever the statistics said when their plans were made.
 --
--- 0008 fixed this for the typed batch. The same failure was in the other two, found by the
--- same test (tests/integration/db/test_plan_stability.py): plpgsql keeps a statement's generic
--- plan for the session, and a plan made while the statistics said a table was empty (reltuples
--- 0, as a VACUUM or ANALYZE of the empty table leaves it) reads it with a sequential scan,
--- which costs nothing on an empty table. The connection keeps that plan until an ANALYZE or a
--- VACUUM of the table invalidates it, and each call reads the whole table meanwhile. Measured
--- on 0004's functions, after a VACUUM ANALYZE of the empty tables and 2,000 commands through
--- one connection:
+-- 0008 fixed this for the typed batch. The same failure was in the other two, found by
+-- repeating 0008's case for them (now in tests/integration/db/test_plan_stability.py too):
+-- plpgsql keeps a statement's generic plan for the session, and a plan made while the
+-- statistics said a table was empty (reltuples 0, as a VACUUM or ANALYZE of the empty table
+-- leaves it) reads it with a sequential scan, which costs nothing on an empty table. The
+-- connection keeps that plan until an ANALYZE or a VACUUM of the table invalidates it, and
+-- each call reads the whole table meanwhile. Measured on 0004's functions, after a VACUUM
+-- ANALYZE of the empty tables and 2,000 commands through one connection:
 --   ingest_with_signal, one command:     1,991 ledger rows and 2,089 artifact rows read;
 --   ingest_batch, ten commands:         19,955 ledger rows, 27,094 artifact rows, 1,506 subspace
 --                                        rows;
