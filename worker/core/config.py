@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         ge=1024,
         validation_alias=_env("CAPTURE_FETCH_PARTITION_BYTES"),
         description="Bytes fetched per partition and request, so at most this much of a "
-        "partition is handled at a time. Default: about four CAPTURE_BATCH_SIZE batches of "
+        "partition is handled at a time. Default: about two CAPTURE_BATCH_SIZE batches of "
         "commands of CAPTURE_EMBEDDING_DIM numbers.",
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
