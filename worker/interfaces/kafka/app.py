@@ -57,7 +57,7 @@ log = get_logger(__name__)
 FETCH_MAX_WAIT_MS = 50
 # Database batches a partition's fetch holds, and a lane's queue before its partition pauses.
 # Four of each let a 200,000-command backlog keep ~10,000 records in memory (peak RSS
-# 161-197 MiB against 130-136 with 20,000 waiting); two keep the peak at 125-132 MiB, as fast.
+# 171-197 MiB against 130-136 with 20,000 waiting); two keep the peak at 123-132 MiB, as fast.
 BATCHES_IN_MEMORY = 2
 
 StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], Awaitable[None]]]]]
