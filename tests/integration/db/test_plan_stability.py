@@ -12,11 +12,13 @@ before and after the call in its own transaction), not a time.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import numpy as np
+from asyncpg.pool import PoolConnectionProxy
 
 from tests.support.db_commands import (
     TYPED_INGEST,
@@ -50,8 +52,25 @@ async def _vacuum_empty(admin: asyncpg.Connection, tables: str) -> None:
     }
 
 
+@asynccontextmanager
+async def _vacuumed(
+    url: str, tables: str
+) -> AsyncIterator[tuple[asyncpg.Connection, PoolConnectionProxy]]:
+    """An admin connection, and one pooled connection (one plan cache) with the worker's
+    codecs, after `_vacuum_empty(tables)`."""
+    admin = await asyncpg.connect(url)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        await _vacuum_empty(admin, tables)
+        async with pool.acquire() as conn:
+            yield admin, conn
+    finally:
+        await pool.close()
+        await admin.close()
+
+
 async def _rows_read(
-    conn: asyncpg.Connection, call: Callable[[], Awaitable[Any]]
+    conn: PoolConnectionProxy, call: Callable[[], Awaitable[Any]]
 ) -> tuple[Any, dict[str, int]]:
     """`call`'s reply, and the rows each table gave up while it ran."""
     async with conn.transaction():
@@ -81,23 +100,14 @@ async def test_a_plan_made_on_empty_tables_reads_only_the_batchs_rows_when_they_
     commands = [typed(c) for c in _commands(808)]
     grown, probe = commands[:1900], commands[1900:1920]
 
-    admin = await asyncpg.connect(url)
-    pool = await create_pool(url, min_size=1, max_size=1)  # one connection: one plan cache
-    try:
-        await _vacuum_empty(admin, _TABLES)
-        async with pool.acquire() as conn:
-            await conn.fetchval(
-                TYPED_INGEST, *typed_arguments(grown[:10])
-            )  # the plans are made here
-            for start in range(10, len(grown), 100):
-                await conn.fetchval(TYPED_INGEST, *typed_arguments(grown[start : start + 100]))
-            replies, read = await _rows_read(
-                conn, lambda: conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
-            )
+    async with _vacuumed(url, _TABLES) as (admin, conn):
+        await conn.fetchval(TYPED_INGEST, *typed_arguments(grown[:10]))  # the plans are made here
+        for start in range(10, len(grown), 100):
+            await conn.fetchval(TYPED_INGEST, *typed_arguments(grown[start : start + 100]))
+        replies, read = await _rows_read(
+            conn, lambda: conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
+        )
         sizes = await table_counts(admin)
-    finally:
-        await pool.close()
-        await admin.close()
 
     assert all(r["status"] == "ingested" for r in replies)
     # The premise: the tables are now far larger than a batch.
@@ -113,31 +123,24 @@ async def test_the_json_paths_plans_made_on_empty_tables_read_only_their_command
     texts = [as_json(c) for c in _commands(909)]
     grown, single, batch = texts[:1900], texts[1900], texts[1901:1911]
 
-    admin = await asyncpg.connect(url)
-    pool = await create_pool(url, min_size=1, max_size=1)
-    try:
-        await _vacuum_empty(admin, _TABLES)
-        async with pool.acquire() as conn:
-            for text in grown[:10]:  # the plans are made here (generic from the sixth call)
-                await conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", text)
-            for start in range(10, len(grown), 100):
-                await conn.fetchval(
-                    "SELECT capture.ingest_batch($1::jsonb)",
-                    "[" + ",".join(grown[start : start + 100]) + "]",
-                )
-            one, read_one = await _rows_read(
-                conn, lambda: conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", single)
+    async with _vacuumed(url, _TABLES) as (admin, conn):
+        for text in grown[:10]:  # the plans are made here (generic from the sixth call)
+            await conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", text)
+        for start in range(10, len(grown), 100):
+            await conn.fetchval(
+                "SELECT capture.ingest_batch($1::jsonb)",
+                "[" + ",".join(grown[start : start + 100]) + "]",
             )
-            many, read_many = await _rows_read(
-                conn,
-                lambda: conn.fetchval(
-                    "SELECT capture.ingest_batch($1::jsonb)", "[" + ",".join(batch) + "]"
-                ),
-            )
+        one, read_one = await _rows_read(
+            conn, lambda: conn.fetchval("SELECT capture.ingest_with_signal($1::jsonb)", single)
+        )
+        many, read_many = await _rows_read(
+            conn,
+            lambda: conn.fetchval(
+                "SELECT capture.ingest_batch($1::jsonb)", "[" + ",".join(batch) + "]"
+            ),
+        )
         sizes = await table_counts(admin)
-    finally:
-        await pool.close()
-        await admin.close()
 
     assert one["status"] == "ingested"
     assert all(r["status"] == "ingested" for r in many), many
@@ -157,22 +160,15 @@ async def test_record_rejections_plan_made_on_an_empty_table_reads_only_its_resu
         rejected = {"status": "rejected", "error": {"kind": "invalid"}}
         return json.dumps([{"event_id": new_id(), **rejected} for _ in range(n)])
 
-    admin = await asyncpg.connect(url)
-    pool = await create_pool(url, min_size=1, max_size=1)
-    try:
-        await _vacuum_empty(admin, "capture.rejections")
-        async with pool.acquire() as conn:
-            record = "SELECT capture.record_rejections($1::jsonb)"
-            for _ in range(8):  # the plans are made here (generic from the sixth call)
-                await conn.fetchval(record, rejections(2))
-            for _ in range(20):
-                await conn.fetchval(record, rejections(100))
-            probe = rejections(3)
-            stored, read = await _rows_read(conn, lambda: conn.fetchval(record, probe))
+    record = "SELECT capture.record_rejections($1::jsonb)"
+    async with _vacuumed(url, "capture.rejections") as (admin, conn):
+        for _ in range(8):  # the plans are made here (generic from the sixth call)
+            await conn.fetchval(record, rejections(2))
+        for _ in range(20):
+            await conn.fetchval(record, rejections(100))
+        probe = rejections(3)
+        stored, read = await _rows_read(conn, lambda: conn.fetchval(record, probe))
         sizes = await table_counts(admin)
-    finally:
-        await pool.close()
-        await admin.close()
 
     assert stored == json.loads(probe)
     assert sizes["rejections"] >= 2000, sizes
