@@ -89,13 +89,15 @@ async def test_kafka_restart_mid_stream(
             at_restart = await applied(worker_setup.database_url)
             await stack("stop", "kafka")
             faults = 1
-            held_at_stop = await held_applied()
-            # The held batch goes on now: its writes commit, its results find no broker.
-            await admin.execute(f"SELECT pg_advisory_unlock({lock})", held)
-            await wait_until(
-                held_batch_committed, timeout_s=60, what="the held batch", workers=(worker,)
-            )
-            await stack("start", "kafka")
+            try:
+                held_at_stop = await held_applied()
+                # The held batch goes on now: its writes commit, its results find no broker.
+                await admin.execute(f"SELECT pg_advisory_unlock({lock})", held)
+                await wait_until(
+                    held_batch_committed, timeout_s=60, what="the held batch", workers=(worker,)
+                )
+            finally:
+                await stack("start", "kafka")  # the shared broker, whatever happened
             assert_alive(worker)
             # The rest of the stream goes to the restarted broker.
             await feed(topics, after)
