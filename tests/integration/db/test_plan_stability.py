@@ -5,7 +5,8 @@ JSON path and record_rejections) tell the failures this guards against: a sequen
 a nested loop over a materialised full index scan, either of which read the whole table on
 every call, so that the calls grew slower with the tables until the next ANALYZE. And 0010: a
 bitmap scan of a user's subspaces, which read the index entries of every dead version again
-on every lookup until the next VACUUM.
+on every lookup until the next VACUUM. And 0011: the typed batch reads its users' subspaces
+once per call and writes each changed one once, instead of once per new artifact.
 
 The measure is the tuples each table gave up during one call (`pg_stat_xact_user_tables`, read
 before and after the call in its own transaction), not a time.
@@ -257,3 +258,47 @@ async def test_a_users_subspaces_are_looked_up_without_the_entries_of_their_dead
     # Its live subspaces, and at most the one version that died since the previous lookup.
     assert typed_read <= live + 1, (typed_read, live, moved)
     assert json_read <= live + 1, (json_read, live, moved)
+
+
+_SUBSPACE_WORK = """
+    SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS read, n_tup_upd AS updated
+    FROM pg_stat_xact_user_tables WHERE relid = 'capture.subspaces'::regclass
+"""
+
+
+async def test_a_typed_batch_reads_its_users_subspaces_once_and_writes_each_once(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """A partition's batch holds many new artifacts of the same user. Each used to read all of
+    the user's subspaces and write a new version of the one it joined; since 0011 the batch
+    reads them once and writes each changed one once, with the same results (the differential
+    tests hold the typed batch to the JSON path's digest)."""
+    url = await fresh_database()
+    rng = np.random.default_rng(1111)
+    user = new_id()
+    commands = [typed(c) for c in stream(rng, users=[user], per_user=140, clusters=3)]
+    grown, probe = commands[:100], commands[100:]
+
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval(TYPED_INGEST, *typed_arguments(grown))
+            before_count = await conn.fetchval(
+                "SELECT count(*) FROM capture.subspaces WHERE user_id = $1::uuid", user
+            )
+            async with conn.transaction():
+                start = dict(await conn.fetchrow(_SUBSPACE_WORK) or {})
+                replies = await conn.fetchval(TYPED_INGEST, *typed_arguments(probe))
+                end = dict(await conn.fetchrow(_SUBSPACE_WORK) or {})
+    finally:
+        await pool.close()
+
+    created = sum(1 for r in replies if r["artifact_created"])
+    joined = [r for r in replies if r["artifact_created"] and not r["subspace_created"]]
+    # The premise: many new artifacts joined the user's few subspaces in this one call.
+    assert len(joined) >= 3 * before_count, (len(joined), before_count)
+    # Read once, and once more by the write-back's probe; each new artifact's foreign key
+    # checks its subspace. 0010 read them all for every new artifact: 155 rows here, not 37.
+    assert end["read"] - start["read"] <= 2 * before_count + created, (start, end)
+    # Each changed subspace written once (0010: once per new artifact that joined it).
+    assert end["updated"] - start["updated"] <= before_count, (start, end)
