@@ -19,8 +19,8 @@
 -- database, two passes: server CPU per command 110-113 -> 80-83 µs, 13,068 and 12,795 ->
 -- 17,525 and 17,302 commands/s; the subspaces' updates 31,000-32,000 -> 8,000-9,000, nearly all
 -- HOT, and the table 63-66 MB -> 7.6 MB for ~1,000 live rows. `bench --no-index` pairs: b_sql
--- +21-26 %, e2e +8-14 %. One connection with batches of 40 users (`bench-db`), where a batch
--- holds about one new artifact per user: the same cost as before (73 vs 74 µs).
+-- +21-26 %, e2e +8-14 %. One connection with batches of 100 commands over 50 users
+-- (`bench-db`), ~2 new artifacts per user and call: the same cost as before (73 vs 74 µs).
 
 CREATE OR REPLACE FUNCTION capture._typed_batch(
     cfg capture.ingest_config,
@@ -42,12 +42,13 @@ SET search_path = pg_catalog, capture, extensions, public, pg_temp
 -- With the plans' shape pinned, one plan per statement for the session is enough: planning
 -- anew on each call's arrays (what the plan cache chose for some statements, and for all of
 -- them on small batches) cost more than a one-command batch's work. The settings alone did not
--- pin the lookups (this migration's header): they are written as probes, LATERAL ... LIMIT 1.
+-- pin the lookups (0008's header): they are written as probes, LATERAL ... LIMIT 1. No bitmap
+-- scans (0010's header).
 SET enable_seqscan = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET plan_cache_mode = force_generic_plan
-SET enable_bitmapscan = off  -- 0010
+SET enable_bitmapscan = off
 AS $$
 DECLARE
     v_canonical   text[];
