@@ -11,8 +11,9 @@
 -- with tens of subspaces per user (25 rows expected: 50 users, ~1,200 subspaces), and then
 -- every lookup read every dead entry again and visited its heap tuple: after 1,200 commands of
 -- two users, 219 entries for a user's 3 subspaces, on every lookup
--- (tests/integration/db/test_plan_stability.py; with this migration, 3). Six concurrent streams of 60,000 commands into a new database spent ~15 %
--- less server CPU per command with it (136-139 -> 114-118 µs; 2 streams: 118-127 -> 98-106).
+-- (tests/integration/db/test_plan_stability.py; with this migration, 3). Six concurrent
+-- streams of 60,000 commands into a new database spent ~15 % less server CPU per command with
+-- it (136-139 -> 114-118 µs; 2 streams: 118-127 -> 98-106).
 --
 -- Nothing else changes: the functions' other statements look up one key each, and the
 -- artifacts' `artifact_id = ANY (...)` update scans the primary key for the array's elements.
