@@ -213,6 +213,7 @@ BEGIN
     -- call and kept here (0011): a lookup and an update per new artifact, each lookup meeting
     -- the dead versions the updates left, were two fifths of the server's work.
     IF cardinality(v_creating) > 0 THEN
+        u_id := ARRAY(SELECT DISTINCT user_ids[c] FROM unnest(v_creating) AS n(c));
         SELECT coalesce(array_agg(s.subspace_id ORDER BY s.subspace_id), '{}'),
                coalesce(array_agg(s.user_id ORDER BY s.subspace_id), '{}'),
                coalesce(array_agg(s.centroid_sum ORDER BY s.subspace_id), '{}'),
@@ -220,11 +221,9 @@ BEGIN
                coalesce(array_agg(s.member_count ORDER BY s.subspace_id), '{}')
         INTO s_id, s_user, s_sum, s_scale, s_count
         FROM capture.subspaces s
-        WHERE s.user_id = ANY (ARRAY(SELECT DISTINCT user_ids[c] FROM unnest(v_creating) AS n(c)));
+        WHERE s.user_id = ANY (u_id);
         s_read := cardinality(s_id);
         s_n := s_read;
-        SELECT coalesce(array_agg(x.uid), '{}') INTO u_id
-        FROM (SELECT DISTINCT user_ids[c] AS uid FROM unnest(v_creating) AS n(c)) x;
         u_head := array_fill(NULL::integer, ARRAY[cardinality(u_id)]);
         s_next := array_fill(NULL::integer, ARRAY[greatest(s_n, 1)]);
         s_dirty := array_fill(false, ARRAY[greatest(s_n, 1)]);
