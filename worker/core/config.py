@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         "commands of CAPTURE_EMBEDDING_DIM numbers.",
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
+    db_warm_connections: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=_env("CAPTURE_DB_WARM_CONNECTIONS"),
+        description="Connections opened and warmed (the ingest compiled and planned, in a "
+        "transaction rolled back) before the worker reports ready. Default: one per lane, "
+        "CAPTURE_TOPIC_PARTITIONS, at most CAPTURE_DB_POOL_SIZE; 0 for none.",
+    )
     db_lock_timeout_ms: int = Field(
         2000,
         ge=0,
@@ -167,6 +175,13 @@ class Settings(BaseSettings):
         """`host:port` entries of KAFKA_BOOTSTRAP_SERVERS (comma-separated): FastStream takes a
         string as one single server, so a cluster's list must be split."""
         return [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+
+    @property
+    def warm_connections(self) -> int:
+        """How many connections to warm before the worker reports ready."""
+        if self.db_warm_connections is not None:
+            return min(self.db_warm_connections, self.db_pool_size)
+        return min(self.topic_partitions, self.db_pool_size)
 
     @property
     def record_room_bytes(self) -> int:

@@ -1,17 +1,23 @@
 """Command-shaped access to the capture functions: one method per SQL function, no generic save.
 
-Every method is one statement in its own implicit transaction, and every driver error comes
-out as PermanentError (the command is refused) or TransientError (retry), see db_errors.
+Every method is one statement in its own implicit transaction (but `warm_up`, whose calls are
+rolled back), and every driver error comes out as PermanentError (the command is refused) or
+TransientError (retry), see db_errors.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
+from contracts.commands import pack_float32
 from worker.application.ports import IngestCommand
 from worker.core import metrics
 from worker.core.logging import get_logger
@@ -93,6 +99,43 @@ class ArtifactRepository:
                 elements = await self._pool.fetchval(_INGEST_TYPED, *arguments, True)
         return [batch_element(e) for e in elements]
 
+    async def warm_up(self, connections: int, *, embedding_dim: int) -> None:
+        """Open `connections` connections and run the typed ingest on each, then roll it back.
+
+        A connection's first ingest compiles the functions and plans each of their statements
+        for the session (~100 ms of server CPU); six lanes' first calls after a start did it
+        together, and the first results came a few hundred milliseconds late. Done here before
+        the worker reports ready, on a user of its own (a new UUID) in a transaction that is
+        rolled back: nothing is stored. The calls take the paths a batch takes: an artifact
+        and its subspace created, another joining that subspace, a new signal on a stored
+        artifact, a repeat answered by the ledger.
+        """
+        if connections <= 0:
+            return
+        started = time.perf_counter()
+        held: list[PoolConnectionProxy] = []
+        try:
+            with translate_db_errors("warm_up"):
+                # All held at once: a connection released early would be warmed again.
+                for _ in range(connections):
+                    held.append(await self._pool.acquire())
+                # Every call ends before its connection is released, whatever the others do.
+                outcomes = await asyncio.gather(
+                    *(_rolled_back_ingest(conn, embedding_dim) for conn in held),
+                    return_exceptions=True,
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+        finally:
+            for conn in held:
+                await self._pool.release(conn)
+        log.info(
+            "database connections warmed",
+            connections=connections,
+            ms=round((time.perf_counter() - started) * 1000),
+        )
+
     async def record_rejections(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store rejected results by event_id (first one wins); return the stored versions."""
         if not results:
@@ -148,6 +191,33 @@ class ArtifactRepository:
             await self._pool.execute(
                 "SELECT capture.create_embedding_index()", timeout=build_timeout_s
             )
+
+
+class _RollBack(Exception):
+    """Ends the warm-up's transaction: asyncpg rolls back a transaction left by an exception."""
+
+
+async def _rolled_back_ingest(conn: PoolConnectionProxy, embedding_dim: int) -> None:
+    user = uuid4()
+    first, second, third = uuid4(), uuid4(), uuid4()
+    embedding = pack_float32([1.0] * embedding_dim)
+    now = datetime.now(UTC)
+
+    def command(command_id: UUID, url: str) -> IngestCommand:
+        return IngestCommand(command_id, user, url, None, embedding, 0.5, now)
+
+    one = command(first, "https://warm-up.invalid/1")
+    calls = [
+        [one],
+        [command(second, "https://warm-up.invalid/2"), command(third, one.url), one],
+    ]
+    try:
+        async with conn.transaction():
+            for commands in calls:
+                await conn.fetchval(_INGEST_TYPED, *typed_arguments(commands), False)
+            raise _RollBack
+    except _RollBack:
+        pass
 
 
 def typed_arguments(commands: Sequence[IngestCommand]) -> tuple[list[Any], ...]:
