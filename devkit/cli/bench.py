@@ -121,7 +121,7 @@ class BenchOptions:
     messages: int = 20_000
     users: int = 50
     dim: int = 384
-    batch: int = 100
+    batch: int = 200
     index: bool = True
     seed: int = 1
     naive_messages: int = 3000

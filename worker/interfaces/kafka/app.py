@@ -56,9 +56,10 @@ log = get_logger(__name__)
 
 FETCH_MAX_WAIT_MS = 20
 # Database batches a partition's fetch holds, and a lane's queue before its partition pauses.
-# Four of each let a 200,000-command backlog keep ~10,000 records in memory (peak RSS
-# 171-197 MiB against 130-136 with 20,000 waiting); two keep the peak at 123-132 MiB, as fast.
-BATCHES_IN_MEMORY = 2
+# Four of 100 commands each let a 200,000-command backlog keep ~10,000 records in memory (peak
+# RSS 171-197 MiB against 130-136 with 20,000 waiting); two keep the peak at 123-132 MiB, as
+# fast. One of 200 (CAPTURE_BATCH_SIZE's default since) holds as many bytes in fewer calls.
+BATCHES_IN_MEMORY = 1
 
 StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], Awaitable[None]]]]]
 
@@ -410,8 +411,8 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
 def partition_fetch_bytes(settings: Settings) -> int:
     """How much one fetch takes from a partition: the most of it handled at a time.
 
-    Two database batches (BATCHES_IN_MEMORY): a partition's fetch, publish and commit are
-    paid once per two ingest_batch calls, and what waits in memory stays bounded whatever the
+    A database batch's worth (BATCHES_IN_MEMORY): a partition's fetch, publish and commit are
+    paid once per ingest call or so, and what waits in memory stays bounded whatever the
     backlog. A record larger than this still comes, alone (Kafka returns the first record batch
     whatever its size, KIP-74), so an oversize poison message still reaches the DLQ.
     """
