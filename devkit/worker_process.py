@@ -102,13 +102,24 @@ class WorkerProcess:
         return answer
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
-        """Block until /readyz answers 200; returns the wall-clock time it first did."""
+        """Block until /readyz answers 200; returns a wall-clock time no later than the moment
+        the worker turned ready: when the last poll that found it not ready was sent (this
+        poll's, if the first one found it ready).
+
+        Not when the 200 arrived: the worker's event loop answers /readyz, and once it is
+        ready it consumes at once, so that answer can come tens of milliseconds late (results
+        of a waiting stream were stored before it) and a clock started then would not count
+        the worker's first batch.
+        """
         deadline = time.monotonic() + timeout_s
+        not_ready_at: float | None = None
         while time.monotonic() < deadline:
             self.alive()
+            asked = time.time()
             if self.ready():
-                return time.time()
-            time.sleep(0.02)
+                return asked if not_ready_at is None else not_ready_at
+            not_ready_at = asked
+            time.sleep(0.005)
         raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.tail_log()}")
 
     async def wait_ready_async(self, timeout_s: float = 60.0) -> float:
