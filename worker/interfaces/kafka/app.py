@@ -55,11 +55,19 @@ from worker.interfaces.kafka.security import broker_security
 log = get_logger(__name__)
 
 FETCH_MAX_WAIT_MS = 20
-# Database batches a partition's fetch holds, and a lane's queue before its partition pauses.
-# Four of 100 commands each let a 200,000-command backlog keep ~10,000 records in memory (peak
-# RSS 171-197 MiB against 130-136 with 20,000 waiting); two keep the peak at 123-132 MiB, as
-# fast. One of 200 (CAPTURE_BATCH_SIZE's default since) holds as many bytes in fewer calls.
+# Database batches a partition's fetch holds. Four of 100 commands each (and a queue of four)
+# let a 200,000-command backlog keep ~10,000 records in memory (peak RSS 171-197 MiB against
+# 130-136 with 20,000 waiting); two kept the peak at 123-132 MiB, as fast. One of 200
+# (CAPTURE_BATCH_SIZE's default since) holds as many bytes in fewer calls.
 BATCHES_IN_MEMORY = 1
+# Database batches a lane's queue holds before its partition pauses. At one, a partition paused
+# whenever a second fetch came while its lane was busy: a paused partition is left out of the
+# fetch then sent, and once resumed it waited for that fetch (held up to FETCH_MAX_WAIT_MS when
+# the others had nothing) before its own; and its lane took one batch at a time, so it never
+# validated a chunk while the database worked on the one before. Two: 20,000-command drains
+# 13,766-14,446/s against 12,143-13,909 (six alternating pairs), peak RSS the same (105-112 MiB;
+# 124-135 with 60,000 and 200,000 waiting, against 120-134).
+QUEUED_BATCHES = 2
 
 StoreFactory = Callable[[Settings], Awaitable[tuple[CaptureStore, Callable[[], Awaitable[None]]]]]
 
@@ -353,8 +361,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         assert worker.runner is not None  # lanes get records only once the lifespan set it
         return await worker.runner(consumer, tp, group)
 
-    # A partition pauses when a fetch's worth of its records waits for its lane.
-    lanes = PartitionLanes(handle_partition, max_queued=BATCHES_IN_MEMORY * settings.batch_size)
+    lanes = PartitionLanes(handle_partition, max_queued=QUEUED_BATCHES * settings.batch_size)
 
     # Documentation only (AsyncAPI): the worker writes with its own producer.
     broker.publisher(
