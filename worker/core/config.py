@@ -97,9 +97,9 @@ class Settings(BaseSettings):
         None,
         ge=1024,
         validation_alias=_env("CAPTURE_FETCH_PARTITION_BYTES"),
-        description="Bytes fetched per partition and request, so at most this much of a "
-        "partition is handled at a time. Default: about one CAPTURE_BATCH_SIZE batch of "
-        "commands of CAPTURE_EMBEDDING_DIM numbers.",
+        description="Bytes fetched per partition and request. Default: about one "
+        "CAPTURE_BATCH_SIZE batch of commands of CAPTURE_EMBEDDING_DIM numbers. A partition "
+        "pauses while two batches' worth of its records wait for its lane.",
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
     db_warm_connections: int | None = Field(

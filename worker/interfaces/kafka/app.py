@@ -416,12 +416,13 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
 
 
 def partition_fetch_bytes(settings: Settings) -> int:
-    """How much one fetch takes from a partition: the most of it handled at a time.
+    """How much one fetch takes from a partition.
 
     A database batch's worth (BATCHES_IN_MEMORY): a partition's fetch, publish and commit are
-    paid once per ingest call or so, and what waits in memory stays bounded whatever the
-    backlog. A record larger than this still comes, alone (Kafka returns the first record batch
-    whatever its size, KIP-74), so an oversize poison message still reaches the DLQ.
+    paid once per ingest call or so; with its lane's queue pausing it at QUEUED_BATCHES, what
+    waits in memory stays bounded whatever the backlog. A record larger than this still comes,
+    alone (Kafka returns the first record batch whatever its size, KIP-74), so an oversize
+    poison message still reaches the DLQ.
     """
     if settings.fetch_partition_bytes is not None:
         return settings.fetch_partition_bytes
