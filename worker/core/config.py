@@ -179,9 +179,8 @@ class Settings(BaseSettings):
     @property
     def warm_connections(self) -> int:
         """How many connections to warm before the worker reports ready."""
-        if self.db_warm_connections is not None:
-            return min(self.db_warm_connections, self.db_pool_size)
-        return min(self.topic_partitions, self.db_pool_size)
+        wanted = self.db_warm_connections
+        return min(self.topic_partitions if wanted is None else wanted, self.db_pool_size)
 
     @property
     def record_room_bytes(self) -> int:
