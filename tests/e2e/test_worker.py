@@ -46,13 +46,19 @@ def by_command(results: list[Record]) -> dict[str, list[bytes]]:
     return grouped
 
 
+# docs/scaling.md has deployments set the pool to the database's cores, fewer connections than
+# lanes: the lanes, the dead-letter writes and the health probe then take turns on them.
+@pytest.mark.parametrize("pool", [None, "1"], ids=["default-pool", "one-connection"])
 async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
-    worker_setup: WorkerSetup, kafka_bootstrap: str, fresh_database: Callable[[], Awaitable[str]]
+    worker_setup: WorkerSetup,
+    kafka_bootstrap: str,
+    fresh_database: Callable[[], Awaitable[str]],
+    pool: str | None,
 ) -> None:
     stream = make_stream(1000, duplicates=30, poison=True)
     records = stream.records()
     await produce(kafka_bootstrap, worker_setup.commands, records)
-    worker = worker_setup.start()
+    worker = worker_setup.start(**({"CAPTURE_DB_POOL_SIZE": pool} if pool else {}))
     worker.wait_ready()
 
     readable = stream.readable_poison()
