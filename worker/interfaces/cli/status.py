@@ -9,9 +9,7 @@ joins the group.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ from worker.core.logging import configure_logging
 from worker.infrastructure.kafka_client import connection_options
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 from worker.interfaces.cli.tail import topic_partitions
+from worker.interfaces.cli.watch import watch as watch_until_ctrl_c
 
 
 @dataclass
@@ -116,9 +115,10 @@ async def snapshot(
 ) -> Status:
     admin = AIOKafkaAdminClient(**connection_options(settings))
     consumer = AIOKafkaConsumer(**connection_options(settings), group_id=None)
-    await admin.start()
-    await consumer.start()
     try:
+        # Inside: a client whose start failed (Kafka down) holds connections too.
+        await admin.start()
+        await consumer.start()
         state, members = await _group(admin, group)
         status = Status(group, topic, state, members, dlq_topic=dlq_topic)
         committed = await admin.list_consumer_group_offsets(group)
@@ -261,20 +261,15 @@ def status_command(
 
     status = take()
     if watch and fmt is OutputFormat.PRETTY:
-        with (
-            contextlib.suppress(KeyboardInterrupt),
-            Live(render(status, max_lag), console=console, auto_refresh=False) as live,
-        ):
-            while True:
-                time.sleep(interval)
-                status = take()
-                live.update(render(status, max_lag), refresh=True)
+        with Live(render(status, max_lag), console=console, auto_refresh=False) as live:
+            status = watch_until_ctrl_c(
+                status,
+                take,
+                lambda s: live.update(render(s, max_lag), refresh=True),
+                interval,
+            )
     elif watch:
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                emit_json(status.as_json())
-                time.sleep(interval)
-                status = take()
+        status = watch_until_ctrl_c(status, take, lambda s: emit_json(s.as_json()), interval)
     elif fmt is OutputFormat.JSON:
         emit_json(status.as_json())
     else:
