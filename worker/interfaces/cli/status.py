@@ -216,7 +216,7 @@ def status_command(
         typer.Option(metavar="N", min=0, help="Exit 1 when the group's total lag exceeds N."),
     ] = None,
     watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C.")
+        bool, typer.Option("--watch", "-w", help="Refresh in place until Ctrl-C or SIGTERM.")
     ] = False,
     interval: Annotated[
         float, typer.Option(min=0.2, help="Seconds between refreshes with --watch.")
