@@ -29,7 +29,7 @@ from worker.core.logging import configure_logging
 from worker.infrastructure.kafka_client import connection_options
 from worker.interfaces.cli.output import OutputFormat, console, emit_json, fail
 from worker.interfaces.cli.tail import topic_partitions
-from worker.interfaces.cli.watch import watch as watch_until_ctrl_c
+from worker.interfaces.cli.watch import watch as watch_until_stopped
 
 
 @dataclass
@@ -261,15 +261,16 @@ def status_command(
 
     status = take()
     if watch and fmt is OutputFormat.PRETTY:
-        with Live(render(status, max_lag), console=console, auto_refresh=False) as live:
-            status = watch_until_ctrl_c(
+        # Empty at first: the watch shows the first status itself.
+        with Live(console=console, auto_refresh=False) as live:
+            status = watch_until_stopped(
                 status,
                 take,
                 lambda s: live.update(render(s, max_lag), refresh=True),
                 interval,
             )
     elif watch:
-        status = watch_until_ctrl_c(status, take, lambda s: emit_json(s.as_json()), interval)
+        status = watch_until_stopped(status, take, lambda s: emit_json(s.as_json()), interval)
     elif fmt is OutputFormat.JSON:
         emit_json(status.as_json())
     else:
