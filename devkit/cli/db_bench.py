@@ -40,6 +40,7 @@ import typer
 from rich.table import Table
 
 from contracts import CaptureArtifactCommand
+from devkit.cpu import ProcessClock
 from devkit.synthetic import generate_lines
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand
@@ -122,12 +123,6 @@ async def _statement_times(pool: asyncpg.Pool, commands: int) -> list[dict[str, 
     ]
 
 
-def _backend_cpu(process: psutil.Process) -> float:
-    """CPU seconds (user + system) of the database's server process for our connection."""
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 async def run_bench(
     admin_dsn: str, *, count: int, users: int, batch_size: int, dim: int, seed: int
 ) -> dict[str, Any]:
@@ -146,7 +141,11 @@ async def run_bench(
                     "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
                 )
                 sync_commit = await pool.fetchval("SHOW synchronous_commit")
-                backend = psutil.Process(await pool.fetchval("SELECT pg_backend_pid()"))
+                # The database's server process for our connection.
+                backend = ProcessClock(
+                    psutil.Process(await pool.fetchval("SELECT pg_backend_pid()"))
+                )
+                cpu_clock = _clock_name([backend])
                 runs: list[dict[str, Any]] = []
                 digests: set[str] = set()
                 tracked = await _statements_tracked(pool)
@@ -164,11 +163,11 @@ async def run_bench(
                         breakdown = tracked and mode.startswith("typed")
                         if breakdown:
                             await pool.execute("SELECT pg_stat_statements_reset()")
-                        cpu_before = _backend_cpu(backend)
+                        cpu_before = backend.seconds()
                         calls, seconds = await _timed_run(
                             repo, lines, typed, batch_size=size, mode=mode
                         )
-                        cpu = _backend_cpu(backend) - cpu_before
+                        cpu = backend.seconds() - cpu_before
                         statements = await _statement_times(pool, len(lines)) if breakdown else None
                         digests.add(await repo.state_digest())
                         runs.append(
@@ -192,6 +191,7 @@ async def run_bench(
             await _admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return {
         "server_version": server,
+        "cpu_clock": cpu_clock,
         "pgvector": pgvector,
         "synchronous_commit": sync_commit,
         "embedding_dim": dim,
@@ -200,6 +200,18 @@ async def run_bench(
         "runs": runs,
         "same_digest_every_run": len(digests) == 1,
     }
+
+
+def _clock_name(backends: Sequence[ProcessClock]) -> str:
+    return "scheduler" if all(b.exact for b in backends) else "ticks"
+
+
+def _print_clock(report: dict[str, Any]) -> None:
+    if report["cpu_clock"] == "ticks":
+        console.print(
+            "[yellow]server CPU read in clock ticks of 10 ms (this kernel has no "
+            "/proc/PID/sched): short runs read coarse, give a larger --count[/]"
+        )
 
 
 def _commands(count: int, users: int, seed: int, dim: int) -> tuple[list[str], list[IngestCommand]]:
@@ -254,7 +266,10 @@ async def run_compare(
                 await _admin(admin_dsn, f'CREATE DATABASE "{database}" TEMPLATE "{databases[0]}"')
                 created.append(database)
                 with translate_db_errors(f"applying {file}"):
-                    await _admin(dsn_with_database(admin_dsn, database), script)
+                    # A statement after it: asyncpg fails on a script of none (comments
+                    # only, or empty: the migrated schema again, a measure of the noise).
+                    # MagicStack/asyncpg#1259.
+                    await _admin(dsn_with_database(admin_dsn, database), f"{script}\n;SELECT 1")
             for database in databases:
                 pools.append(
                     await create_pool(
@@ -262,8 +277,10 @@ async def run_compare(
                     )
                 )
             backends = [
-                psutil.Process(await pool.fetchval("SELECT pg_backend_pid()")) for pool in pools
+                ProcessClock(psutil.Process(await pool.fetchval("SELECT pg_backend_pid()")))
+                for pool in pools
             ]
+            cpu_clock = _clock_name(backends)
             order = list(range(len(names)))
             for n in range(passes):
                 # Alternate the order so that no variant always runs first (the host drifts).
@@ -274,9 +291,9 @@ async def run_compare(
                         await repo.create_embedding_index()
                     else:
                         await repo.drop_embedding_index()
-                    before = _backend_cpu(backends[i])
+                    before = backends[i].seconds()
                     await _timed_run(repo, [], typed, batch_size=batch_size, mode="typed")
-                    cpu[names[i]].append((_backend_cpu(backends[i]) - before) / count * 1e6)
+                    cpu[names[i]].append((backends[i].seconds() - before) / count * 1e6)
                     digests[names[i]].add(await repo.state_digest())
         finally:
             for pool in pools:
@@ -287,6 +304,7 @@ async def run_compare(
     base = cpu["migrated"]
     return {
         "compare": True,
+        "cpu_clock": cpu_clock,
         "commands": count,
         "users": users,
         "seed": seed,
@@ -328,6 +346,7 @@ def print_compare(report: dict[str, Any]) -> None:
             "yes" if variant["same_state_as_migrated"] else "[bold red]no[/]",
         )
     console.print(table)
+    _print_clock(report)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -351,6 +370,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{run['backend_cpu_us_per_command']:.0f}",
         )
     console.print(table)
+    _print_clock(report)
     for run in report["runs"]:
         if "statements" in run:
             _print_statements(run)
