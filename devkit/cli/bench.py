@@ -19,7 +19,9 @@ dropped at the end, with one pre-generated command stream of N commands:
            while; a command's latency is from its sending (its record's CreateTime, stamped
            when the bench handed it to its producer) to its result's storing (the results
            topics keep LogAppendTime, so the worker's publishing counts too). Its p99 also
-           second by second: a steady state, or a few seconds' stall?
+           second by second: a steady state, or a few seconds' stall? With --latency-rate
+           repeated, a phase at each rate in turn (each its own commands): latency against
+           load, in one run.
   naive    what one writes by hand: consume one record, `ingest_with_signal`, produce the result
            and wait for acks=all, commit; on the first `--naive-messages` records, to bound time.
   peer     with `--peer debezium-jdbc`: the Debezium JDBC sink on Kafka Connect, fed the same
@@ -126,8 +128,8 @@ class BenchOptions:
     seed: int = 1
     naive_messages: int = 3000
     latency_seconds: float = 12.0
-    #: The latency phase's rate; None means half the e2e rate.
-    latency_rate: float | None = None
+    #: A latency phase at each rate, in order; None means half the e2e rate.
+    latency_rates: tuple[float | None, ...] = (None,)
     rounds: int = 1
     peer: Peer = Peer.NONE
     #: Connect's tasks in each peer measurement; empty means (partitions, 1).
@@ -1021,28 +1023,32 @@ async def run_bench(
 
         b_sql = statistics.median(x.b_sql_per_s for x in rounds)
         e2e = statistics.median(x.e2e_per_s for x in rounds)
-        rate = options.latency_rate or max(1.0, e2e / 2)
-        latency_commands = commands_of(
-            list(
-                generate_lines(
-                    max(1, round(rate * options.latency_seconds)),
-                    users=options.users,
-                    seed=options.seed + 1,
-                    dim=options.dim,
+        latency: list[dict[str, Any]] = []
+        for n, asked in enumerate(options.latency_rates):
+            rate = asked or max(1.0, e2e / 2)
+            latency_commands = commands_of(
+                list(
+                    generate_lines(
+                        max(1, round(rate * options.latency_seconds)),
+                        users=options.users,
+                        # Another stream each phase: the same ids again would be replays.
+                        seed=options.seed + 1 + n,
+                        dim=options.dim,
+                    )
                 )
             )
-        )
-        await settle()
-        # The last round's worker, idle now, on the same topics.
-        latency = await bench_latency(
-            worker_settings,
-            worker,
-            reader,
-            latency_commands,
-            rate=rate,
-            phases=phases,
-            postmaster=postmaster,
-        )
+            await settle()
+            # The last round's worker, idle now, on the same topics.
+            phase = await bench_latency(
+                worker_settings,
+                worker,
+                reader,
+                latency_commands,
+                rate=rate,
+                phases=phases,
+                postmaster=postmaster,
+            )
+            latency.append({**phase, "half_e2e": asked is None})
         await worker.stop()
         await resources.drop(e2e_urls[-1])
 
@@ -1068,7 +1074,9 @@ async def run_bench(
         "naive_per_s": round(naive, 1),
         "naive_messages": naive_total,
         "publish_per_s": round(publish_rate, 1),
-        "latency_ms": latency,
+        # The first phase (half the e2e rate unless --latency-rate said otherwise), then all.
+        "latency_ms": latency[0],
+        "latency_by_rate": latency,
         "ratios": {
             # Each round's e2e against the b_sql measured just before it: the machine's speed
             # drifts between rounds, a pair shares it.
@@ -1207,21 +1215,10 @@ def print_report(report: dict[str, Any]) -> None:
         f"   worker peak RSS during e2e [bold]{report['worker_peak_rss_mib']:,.0f}[/] MiB"
     )
     console.print(f"CPU per command during e2e: {_cpu_parts(report['e2e_cpu'])}")
-    console.print(
-        f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "
-        f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 [bold]{lat['p99']:.0f}[/] ms, "
-        f"max {lat['max']:.0f} ms"
-    )
-    by_second = lat["p99_by_second"]
-    if by_second:
-        console.print(
-            f"  p99 second by second: median {statistics.median(by_second):.0f} ms, "
-            f"{min(by_second):.0f} to {max(by_second):.0f} ms over {len(by_second)} s"
-        )
-    console.print(
-        f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
-        f"{lat['batch_mean']:,.0f} commands on average"
-    )
+    if len(report["latency_by_rate"]) == 1:
+        _print_latency(lat)
+    else:
+        _print_latency_by_rate(report["latency_by_rate"])
     ws = report["worker_settings"]
     console.print(
         f"[dim]worker: batch {ws['batch_size']}, max poll {ws['max_poll_records']}, "
@@ -1248,6 +1245,57 @@ def print_report(report: dict[str, Any]) -> None:
             f"[dim]cores: PostgreSQL on {', '.join(map(str, split['postgresql']))}; the worker, "
             f"Kafka, the peer and the bench on {', '.join(map(str, split['others']))}[/]"
         )
+
+
+def _print_latency(lat: dict[str, Any]) -> None:
+    console.print(
+        f"latency at {lat['rate_per_s']:,.0f}/s ({lat['messages']:,} commands): "
+        f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 [bold]{lat['p99']:.0f}[/] ms, "
+        f"max {lat['max']:.0f} ms"
+    )
+    by_second = lat["p99_by_second"]
+    if by_second:
+        console.print(
+            f"  p99 second by second: median {statistics.median(by_second):.0f} ms, "
+            f"{min(by_second):.0f} to {max(by_second):.0f} ms over {len(by_second)} s"
+        )
+    console.print(
+        f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
+        f"{lat['batch_mean']:,.0f} commands on average"
+    )
+
+
+def _print_latency_by_rate(phases: Sequence[dict[str, Any]]) -> None:
+    table = Table(title="latency against load: one phase at each rate, in this order")
+    for column in (
+        "commands/s",
+        "commands",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "p99 by second, median",
+        "worker batch",
+        "machine µs/command",
+        "machine busy",
+    ):
+        table.add_column(column, justify="right")
+    for lat in phases:
+        by_second = lat["p99_by_second"]
+        half = " (half e2e)" if lat["half_e2e"] else ""
+        table.add_row(
+            f"{lat['rate_per_s']:,.0f}{half}",
+            f"{lat['messages']:,}",
+            f"{lat['p50']:.0f}",
+            f"{lat['p95']:.0f}",
+            f"[bold]{lat['p99']:.0f}[/]",
+            f"{lat['max']:.0f}",
+            f"{statistics.median(by_second):.0f}" if by_second else "",
+            f"{lat['batch_mean']:,.0f}",
+            f"{lat['cpu']['machine_us']:,.0f}",
+            f"{lat['cpu']['machine_busy_pct']:.0f}%",
+        )
+    console.print(table)
 
 
 def _cpu_parts(used: dict[str, float]) -> str:
@@ -1297,6 +1345,26 @@ def _print_peer(peer_report: dict[str, Any]) -> None:
     )
 
 
+def _latency_rates(values: Sequence[str]) -> tuple[float | None, ...]:
+    """`--latency-rate` values: None for `half` (half the e2e rate), else commands/s."""
+    rates: list[float | None] = []
+    for value in values:
+        if value.strip().lower() == "half":
+            rates.append(None)
+            continue
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = 0.0
+        if not rate >= 1:  # also NaN
+            raise typer.BadParameter(
+                f"{value!r}: a rate of at least 1 command/s, or `half`",
+                param_hint="--latency-rate",
+            )
+        rates.append(rate)
+    return tuple(rates)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
@@ -1320,12 +1388,12 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(min=0.5, help="How long the latency phase publishes.")
         ] = 12.0,
         latency_rate: Annotated[
-            float | None,
+            list[str] | None,
             typer.Option(
-                min=1,
-                help="Publish at this rate in the latency phase instead (commands/s): to compare "
-                "settings or versions at one load rather than at each run's half e2e rate.",
-                show_default="half the e2e rate",
+                help="Publish at this rate in the latency phase instead (commands/s, or `half` "
+                "for half the e2e rate): to compare settings or versions at one load. Repeat "
+                "it for a phase at each rate, in that order: latency against load.",
+                show_default="half",
             ),
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generated commands.")] = 1,
@@ -1388,7 +1456,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             naive_messages=naive_messages,
             latency_seconds=latency_seconds,
-            latency_rate=latency_rate,
+            latency_rates=_latency_rates(latency_rate or ["half"]),
             rounds=rounds,
             peer=peer_name,
             peer_tasks=tuple(peer_tasks or ()),

@@ -87,6 +87,7 @@ async def test_bench_reports_every_measure_as_one_json_object(
         "--naive-messages", "100",
         "--latency-seconds", "2",
         "--latency-rate", "150",
+        "--latency-rate", "half",
         "--rounds", "2",
     )  # fmt: skip
 
@@ -108,8 +109,16 @@ async def test_bench_reports_every_measure_as_one_json_object(
     )
     latency = report["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
-    # At the rate asked for, not half the e2e rate: 2 s at 150/s.
+    # At the rate asked for first, not half the e2e rate: 2 s at 150/s.
     assert latency["rate_per_s"] == 150 and latency["messages"] == 300
+    assert latency["half_e2e"] is False
+    # Then a phase at half the e2e rate, on commands of its own: every one has its result.
+    first, half = report["latency_by_rate"]
+    assert first == latency
+    assert half["half_e2e"] is True
+    assert half["rate_per_s"] == pytest.approx(report["e2e_per_s"] / 2, abs=0.1)
+    assert half["messages"] == max(1, round(half["rate_per_s"] * 2))
+    assert 0 <= half["p50"] <= half["p99"] <= half["max"]
     # Its p99 second by second: the commands were sent over about two seconds.
     by_second = latency["p99_by_second"]
     assert 2 <= len(by_second) <= 4
