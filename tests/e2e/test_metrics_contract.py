@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import produce, wait_for_count
 from tests.support.promql import (
@@ -10,6 +12,7 @@ from tests.support.promql import (
     exported_names,
     metric_names,
 )
+from tests.support.scenario import wait_until
 from tests.support.streams import make_stream
 
 
@@ -41,4 +44,25 @@ async def test_rules_and_dashboard_use_only_what_a_running_worker_exports(
                  "capture_dlq_total", "capture_dependency_up", "capture_db_call_seconds_bucket",
                  "capture_internal_errors_total"):  # fmt: skip
         assert name in samples, name
+    # Each batch's oldest command, when taken and when delivered: the stream was published
+    # before the worker started, so some time passed, and less than the test's deadline.
+    # (A batch's delivery is counted just after its results are acknowledged: wait for it.)
+    ages: dict[tuple[str, str], float] = {}
+
+    async def every_batch_delivered() -> bool:
+        ages.clear()
+        _, text = worker.get("/metrics")
+        ages.update(
+            ((sample.labels["stage"], sample.name.rsplit("_", 1)[1]), sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "capture_record_age_seconds"
+            for sample in family.samples
+            if sample.name.endswith(("_count", "_sum"))
+        )
+        count = ages.get(("taken", "count"), 0)
+        return count >= 1 and ages.get(("delivered", "count")) == count
+
+    await wait_until(every_batch_delivered, timeout_s=60, what="every batch delivered")
+    assert 0 < ages[("taken", "sum")] <= ages[("delivered", "sum")]
+    assert ages[("delivered", "sum")] < 600 * ages[("delivered", "count")]
     assert worker.terminate() == 0

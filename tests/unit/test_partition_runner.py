@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -278,3 +280,32 @@ async def test_a_record_that_cannot_be_dead_lettered_is_redelivered(kafka_down: 
     assert rewound == 5
     assert s.consumer.positions[TP] == 5
     assert await s.committed() == 5  # the record before it only
+
+
+def _age(stage: str) -> tuple[float, float]:
+    """(count, sum) of capture_record_age_seconds for `stage` so far."""
+    labels = {"stage": stage}
+    count = metrics.REGISTRY.get_sample_value("capture_record_age_seconds_count", labels)
+    total = metrics.REGISTRY.get_sample_value("capture_record_age_seconds_sum", labels)
+    return count or 0.0, total or 0.0
+
+
+async def test_each_batch_reports_its_oldest_records_age_when_taken_and_when_delivered() -> None:
+    s = Setup(FakeStore())
+    now_ms = int(time.time() * 1000)
+    # Sent 30 s and 2 s ago: the batch's age is its oldest record's (the first).
+    records = [replace(record(0, 5), timestamp=now_ms - 30_000), record(0, 6)]
+    records[1] = replace(records[1], timestamp=now_ms - 2_000)
+    taken, delivered = _age("taken"), _age("delivered")
+    await s.run(records)
+    taken_count, taken_sum = _age("taken")
+    delivered_count, delivered_sum = _age("delivered")
+    assert taken_count == taken[0] + 1 and delivered_count == delivered[0] + 1
+    age_taken = taken_sum - taken[1]
+    age_delivered = delivered_sum - delivered[1]
+    assert 30 <= age_taken < 60
+    assert age_taken <= age_delivered < 60
+
+    # No timestamp (0 or -1: a producer's placeholder): nothing observed.
+    await s.run([record(0, 7), replace(record(0, 8), timestamp=-1)])
+    assert _age("taken")[0] == taken_count and _age("delivered")[0] == delivered_count

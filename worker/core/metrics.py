@@ -41,6 +41,14 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )
+RECORD_AGE_SECONDS = Histogram(
+    "capture_record_age_seconds",
+    "Age of each partition batch's oldest record (now minus its Kafka timestamp): when its lane"
+    " takes the batch (stage=taken) and when its results are acknowledged (stage=delivered).",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "capture_batch_size",
     "Messages handled together: one partition's records of a fetch.",

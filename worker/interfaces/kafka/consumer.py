@@ -92,12 +92,26 @@ def record_lag(consumer: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> No
             )
 
 
-def observe_batch(size: int, started: float) -> None:
+def observe_age(stage: str, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """The age of the oldest record of `records` (the first: one partition's, in order).
+
+    Once per batch, not per record: what an alert on staleness needs, at no cost per record.
+    A timestamp of 0 or less is a producer's placeholder (or none at all), not a time.
+    """
+    if records and records[0].timestamp > 0:
+        age = time.time() - records[0].timestamp / 1000
+        metrics.RECORD_AGE_SECONDS.labels(stage=stage).observe(max(0.0, age))
+
+
+def observe_batch(records: Sequence[ConsumerRecord[Any, Any]], started: float) -> None:
+    """A batch done: its results acknowledged and its offset marked."""
     elapsed = time.perf_counter() - started
+    size = len(records)
     metrics.BATCH_SECONDS.observe(elapsed)
     metrics.BATCH_SIZE.observe(size)
     if size:
         metrics.HANDLER_SECONDS.observe(elapsed / size)
+    observe_age("delivered", records)
 
 
 class PartitionLanes:

@@ -37,6 +37,7 @@ from worker.infrastructure.kafka_client import envelopes
 from worker.interfaces.kafka.consumer import (
     OffsetCommitter,
     PartitionHold,
+    observe_age,
     observe_batch,
     record_lag,
 )
@@ -92,6 +93,7 @@ class PartitionRunner:
         if tp not in consumer.assignment():
             return None  # revoked: its new owner resumes from the last commit
         started = time.perf_counter()
+        observe_age("taken", records)
         previous = self._delivering.pop(tp, None)
         batch = envelopes(records)
         failure: Exception | None = None
@@ -155,7 +157,7 @@ class PartitionRunner:
         except Exception as exc:
             return await self._internal(consumer, tp, records, exc, started)
         self._settle(consumer, tp, records, processed)
-        observe_batch(len(records), started)
+        observe_batch(records, started)
         return None
 
     async def _internal(
@@ -173,7 +175,7 @@ class PartitionRunner:
         first_error = exc if len(records) == 1 else None
         rewound = await self._one_by_one(consumer, tp, records, first_error)
         if rewound is None:
-            observe_batch(len(records), started)
+            observe_batch(records, started)
         return rewound
 
     def _settle(
