@@ -576,6 +576,7 @@ async def bench_latency(
     assert worker.proc is not None
     meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
     batches_before = _lane_batches(worker)
+    ages_before = _batch_ages(worker)
     before = meter.sample()
     started = time.time()
     sent = await _publish(
@@ -591,6 +592,7 @@ async def bench_latency(
     after = meter.sample()
     used = cpu.CpuMeter.per_command(before, after, len(commands), time.time() - started)
     batches_after = _lane_batches(worker)
+    ages = _mean_ages_ms(ages_before, _batch_ages(worker))
     # A producer retry in the stream repeats a command_id: pair the n-th sending with the
     # n-th result of that id.
     sent_at: dict[str, list[int]] = defaultdict(list)
@@ -615,6 +617,9 @@ async def bench_latency(
         "rate_per_s": round(rate, 1),
         "messages": len(commands),
         "batch_mean": round(handled / lane_batches, 1) if lane_batches else 0.0,
+        # Where the time goes: a batch's oldest command waited this long, on average, from
+        # its sending to its lane taking it, and to its results' acknowledgement.
+        "batch_oldest_age_ms": ages,
         "p99_by_second": p99_by_second(pairs),
         "cpu": used,
     }
@@ -638,6 +643,29 @@ def p99_by_second(pairs: Sequence[tuple[int, float]]) -> list[float]:
 def _lane_batches(worker: WorkerProcess) -> tuple[float, float]:
     """(records handled, partition batches) so far, from the worker's own histogram."""
     return worker.metric("capture_batch_size_sum"), worker.metric("capture_batch_size_count")
+
+
+def _batch_ages(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
+    """(sum in seconds, count) of each batch's oldest record's age, by stage, from the worker."""
+    return {
+        stage: (
+            worker.metric("capture_record_age_seconds_sum", f'stage="{stage}"'),
+            worker.metric("capture_record_age_seconds_count", f'stage="{stage}"'),
+        )
+        for stage in ("taken", "delivered")
+    }
+
+
+def _mean_ages_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """The mean age of the batches' oldest records between two samples, in ms, by stage."""
+    means = {}
+    for stage, (total, count) in after.items():
+        batches = count - before[stage][1]
+        if batches > 0:
+            means[stage] = round((total - before[stage][0]) / batches * 1000, 1)
+    return means
 
 
 async def bench_naive(
@@ -1263,6 +1291,12 @@ def _print_latency(lat: dict[str, Any]) -> None:
         f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
         f"{lat['batch_mean']:,.0f} commands on average"
     )
+    ages = lat.get("batch_oldest_age_ms", {})
+    if "taken" in ages and "delivered" in ages:
+        console.print(
+            f"  a batch's oldest command, on average: taken {ages['taken']:.0f} ms after its "
+            f"sending, its result acknowledged {ages['delivered']:.0f} ms after"
+        )
 
 
 def _print_latency_by_rate(phases: Sequence[dict[str, Any]]) -> None:
@@ -1276,6 +1310,7 @@ def _print_latency_by_rate(phases: Sequence[dict[str, Any]]) -> None:
         "max ms",
         "p99 by second, median",
         "worker batch",
+        "oldest taken / delivered ms",
         "machine µs/command",
         "machine busy",
     ):
@@ -1292,10 +1327,17 @@ def _print_latency_by_rate(phases: Sequence[dict[str, Any]]) -> None:
             f"{lat['max']:.0f}",
             f"{statistics.median(by_second):.0f}" if by_second else "",
             f"{lat['batch_mean']:,.0f}",
+            _ages_cell(lat.get("batch_oldest_age_ms", {})),
             f"{lat['cpu']['machine_us']:,.0f}",
             f"{lat['cpu']['machine_busy_pct']:.0f}%",
         )
     console.print(table)
+
+
+def _ages_cell(ages: dict[str, float]) -> str:
+    if "taken" not in ages or "delivered" not in ages:
+        return ""
+    return f"{ages['taken']:.0f} / {ages['delivered']:.0f}"
 
 
 def _cpu_parts(used: dict[str, float]) -> str:

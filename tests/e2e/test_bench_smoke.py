@@ -142,6 +142,10 @@ async def test_bench_reports_every_measure_as_one_json_object(
     # The worker's mean batch at the steady rate: records per partition batch, so at least one
     # and at most all of them.
     assert 1 <= latency["batch_mean"] <= latency["messages"]
+    # The worker's own count of where the time went: a batch's oldest command was taken by
+    # its lane, then its result acknowledged, within the phase's worst latency.
+    ages = latency["batch_oldest_age_ms"]
+    assert 0 <= ages["taken"] <= ages["delivered"] <= latency["max"] + 50
 
     # Nothing of the run is left behind.
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)
