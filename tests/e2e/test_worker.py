@@ -47,18 +47,28 @@ def by_command(results: list[Record]) -> dict[str, list[bytes]]:
 
 
 # docs/scaling.md has deployments set the pool to the database's cores, fewer connections than
-# lanes: the lanes, the dead-letter writes and the health probe then take turns on them.
-@pytest.mark.parametrize("pool", [None, "1"], ids=["default-pool", "one-connection"])
+# lanes: the lanes, the dead-letter writes and the health probe then take turns on them; and
+# lets fetches wait for more bytes than the stream's last records hold (the broker answers
+# at the wait's end).
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"CAPTURE_DB_POOL_SIZE": "1"},
+        {"CAPTURE_FETCH_MIN_BYTES": str(8 * 1024 * 1024), "CAPTURE_FETCH_MAX_WAIT_MS": "100"},
+    ],
+    ids=["defaults", "one-connection", "fetches-wait-for-8-MiB"],
+)
 async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     worker_setup: WorkerSetup,
     kafka_bootstrap: str,
     fresh_database: Callable[[], Awaitable[str]],
-    pool: str | None,
+    settings: dict[str, str],
 ) -> None:
     stream = make_stream(1000, duplicates=30, poison=True)
     records = stream.records()
     await produce(kafka_bootstrap, worker_setup.commands, records)
-    worker = worker_setup.start(**({"CAPTURE_DB_POOL_SIZE": pool} if pool else {}))
+    worker = worker_setup.start(**settings)
     worker.wait_ready()
 
     readable = stream.readable_poison()

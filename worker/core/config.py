@@ -101,6 +101,25 @@ class Settings(BaseSettings):
         "CAPTURE_BATCH_SIZE batch of commands of CAPTURE_EMBEDDING_DIM numbers. A partition "
         "pauses while two batches' worth of its records wait for its lane.",
     )
+    fetch_min_bytes: int = Field(
+        1,
+        ge=1,
+        le=64 * 1024 * 1024,
+        validation_alias=_env("CAPTURE_FETCH_MIN_BYTES"),
+        description="Bytes of new records a fetch waits for, up to CAPTURE_FETCH_MAX_WAIT_MS. "
+        "1: the broker answers at the first record, the lowest latency; at a low steady rate "
+        "each fetch then carries a record or two and the worker and the broker spend the most "
+        "CPU per command. More trades latency for CPU (docs/scaling.md).",
+    )
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("CAPTURE_FETCH_MAX_WAIT_MS"),
+        description="Longest the broker holds a fetch for CAPTURE_FETCH_MIN_BYTES, or while "
+        "no partition asked for has records; a partition resumed meanwhile waits for that "
+        "fetch to return before its own is sent.",
+    )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CAPTURE_DB_POOL_SIZE"))
     db_warm_connections: int | None = Field(
         None,

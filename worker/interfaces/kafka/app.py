@@ -54,7 +54,6 @@ from worker.interfaces.kafka.security import broker_security
 
 log = get_logger(__name__)
 
-FETCH_MAX_WAIT_MS = 20
 # Database batches a partition's fetch holds. Four of 100 commands each (and a queue of four)
 # let a 200,000-command backlog keep ~10,000 records in memory (peak RSS 171-197 MiB against
 # 130-136 with 20,000 waiting); two kept the peak at 123-132 MiB, as fast. One of 200
@@ -62,7 +61,7 @@ FETCH_MAX_WAIT_MS = 20
 BATCHES_IN_MEMORY = 1
 # Database batches a lane's queue holds before its partition pauses. At one, a partition paused
 # whenever a second fetch came while its lane was busy: a paused partition is left out of the
-# fetch then sent, and once resumed it waited for that fetch (held up to FETCH_MAX_WAIT_MS when
+# fetch then sent, and once resumed it waited for that fetch (held up to its max wait when
 # the others had nothing) before its own; and its lane took one batch at a time, so it never
 # validated a chunk while the database worked on the one before. Two: 20,000-command drains
 # 13,766-14,446/s against 12,143-13,909 (six alternating pairs), peak RSS the same (105-112 MiB;
@@ -320,13 +319,14 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         batch_timeout_ms=settings.batch_linger_ms,
         max_partition_fetch_bytes=partition_fetch_bytes(settings),
         # Lanes resume partitions one at a time; a resumed partition's records wait for the
-        # fetch in flight, which the broker holds up to this long when none of the partitions
-        # it asks for has new records (Kafka's default, 500 ms, showed in the tail latency).
-        # That is every fetch of a partition with a backlog once the others are caught up: at
-        # 50 ms its lane waited 8-35 ms for each fetch it processed in 15-30, and drained at
-        # half its speed. 20 ms removes those waits; an idle worker then fetches 50 times a
-        # second (worker and broker ~2 % of a core more than at 50 ms).
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        # fetch in flight, which the broker holds up to fetch_max_wait_ms when none of the
+        # partitions it asks for has new records (Kafka's default, 500 ms, showed in the tail
+        # latency). That is every fetch of a partition with a backlog once the others are
+        # caught up: at 50 ms its lane waited 8-35 ms for each fetch it processed in 15-30, and
+        # drained at half its speed. 20 ms (the default) removes those waits; an idle worker
+        # then fetches 50 times a second (worker and broker ~2 % of a core more than at 50 ms).
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
         parser=_safe_parser,
         decoder=_no_decode,
         title="capture-commands",
