@@ -36,7 +36,8 @@ def _tree(process: psutil.Process) -> float:
 
 
 def run_time_s(pid: int) -> float | None:
-    """Seconds PID has run on a core, to the nanosecond; None where the kernel does not say.
+    """Seconds PID's main thread has run on a core, to the nanosecond; None where the kernel
+    does not say (a PostgreSQL backend has no other thread).
 
     `/proc/PID/stat` (what psutil reads) counts in clock ticks of 10 ms: a run of a few
     hundred commands at some 60 µs each can read as 0 or 1 tick. The scheduler's own sum in

@@ -293,9 +293,12 @@ def _age(stage: str) -> tuple[float, float]:
 async def test_each_batch_reports_its_oldest_records_age_when_taken_and_when_delivered() -> None:
     s = Setup(FakeStore())
     now_ms = int(time.time() * 1000)
-    # Sent 30 s and 2 s ago: the batch's age is its oldest record's (the first).
-    records = [replace(record(0, 5), timestamp=now_ms - 30_000), record(0, 6)]
-    records[1] = replace(records[1], timestamp=now_ms - 2_000)
+    # Stamped 2 s and 30 s ago (producers' clocks may disagree): the batch's age is its
+    # oldest record's, not its first's.
+    records = [
+        replace(record(0, 5), timestamp=now_ms - 2_000),
+        replace(record(0, 6), timestamp=now_ms - 30_000),
+    ]
     taken, delivered = _age("taken"), _age("delivered")
     await s.run(records)
     taken_count, taken_sum = _age("taken")

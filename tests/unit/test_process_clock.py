@@ -23,8 +23,9 @@ def test_the_clock_counts_cpu_spent_and_agrees_with_the_tick_count() -> None:
     spent = clock.seconds() - before
     ticks = sum(psutil.Process().cpu_times()[:2]) - ticks_before
     assert spent >= 0.2
-    # Both count the same CPU; the ticks within two of their 10 ms.
-    assert abs(spent - ticks) < 0.03
+    # Both count the same CPU (the ticks all threads', the test's other threads idle); the
+    # ticks within two of their 10 ms, and some margin.
+    assert abs(spent - ticks) < 0.05
 
 
 def test_a_millisecond_reads_as_such_where_the_kernel_keeps_the_scheduler_sum() -> None:

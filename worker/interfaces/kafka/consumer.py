@@ -93,13 +93,15 @@ def record_lag(consumer: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> No
 
 
 def observe_age(stage: str, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-    """The age of the oldest record of `records` (the first: one partition's, in order).
+    """The age of the oldest record of `records`, by its Kafka timestamp.
 
     Once per batch, not per record: what an alert on staleness needs, at no cost per record.
-    A timestamp of 0 or less is a producer's placeholder (or none at all), not a time.
+    The oldest, not the first: producers' clocks may disagree within a partition. A timestamp
+    of 0 or less is a producer's placeholder (or none at all), not a time.
     """
-    if records and records[0].timestamp > 0:
-        age = time.time() - records[0].timestamp / 1000
+    oldest = min((r.timestamp for r in records if r.timestamp > 0), default=0)
+    if oldest > 0:
+        age = time.time() - oldest / 1000
         metrics.RECORD_AGE_SECONDS.labels(stage=stage).observe(max(0.0, age))
 
 
