@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +52,22 @@ def run_time_s(pid: int) -> float | None:
 
 @dataclass
 class ProcessClock:
-    """CPU seconds of one process: the scheduler's exact sum, else psutil's clock ticks."""
+    """CPU seconds of one process: the scheduler's exact sum, else psutil's clock ticks.
+
+    Which one is decided once, so that two readings to subtract never come from both.
+    """
 
     process: psutil.Process
+    exact: bool = field(init=False)
 
-    @property
-    def exact(self) -> bool:
-        return run_time_s(self.process.pid) is not None
+    def __post_init__(self) -> None:
+        self.exact = run_time_s(self.process.pid) is not None
 
     def seconds(self) -> float:
-        exact = run_time_s(self.process.pid)
-        if exact is not None:
+        if self.exact:
+            exact = run_time_s(self.process.pid)
+            if exact is None:
+                raise psutil.NoSuchProcess(self.process.pid)
             return exact
         times = self.process.cpu_times()
         return float(times.user + times.system)

@@ -128,12 +128,11 @@ class WorkerProcess:
 
     def metric(self, name: str, labels: str = "") -> float:
         """Sum of a metric's samples whose label text contains `labels`."""
-        _, body = self.get("/metrics")
-        total = 0.0
-        for line in body.splitlines():
-            if line.startswith(name) and (line[len(name)] in "{ ") and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_sum(self.metrics(), name, labels)
+
+    def metrics(self) -> str:
+        """The worker's /metrics now: read several values of one moment with `metric_sum`."""
+        return self.get("/metrics")[1]
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait for the exit code (a clean stop commits and leaves the group)."""
@@ -162,3 +161,12 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def metric_sum(body: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of `name` in a /metrics text whose label text contains `labels`."""
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and (line[len(name)] in "{ ") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -86,7 +86,7 @@ from devkit.ports import free_port
 from devkit.records import Command, commands_of
 from devkit.stack.process import StackError
 from devkit.synthetic import generate_lines
-from devkit.worker_process import WorkerExited, WorkerProcess
+from devkit.worker_process import WorkerExited, WorkerProcess, metric_sum
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand, ResultObject
 from worker.core.config import Settings, get_settings
@@ -575,8 +575,8 @@ async def bench_latency(
     base = sum(base_offsets.values())
     assert worker.proc is not None
     meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
-    batches_before = _lane_batches(worker)
-    ages_before = _batch_ages(worker)
+    scrape = worker.metrics()
+    batches_before, ages_before = _lane_batches(scrape), _batch_ages(scrape)
     before = meter.sample()
     started = time.time()
     sent = await _publish(
@@ -591,8 +591,8 @@ async def bench_latency(
     )
     after = meter.sample()
     used = cpu.CpuMeter.per_command(before, after, len(commands), time.time() - started)
-    batches_after = _lane_batches(worker)
-    ages = _mean_ages_ms(ages_before, _batch_ages(worker))
+    scrape = worker.metrics()
+    batches_after, ages = _lane_batches(scrape), _mean_ages_ms(ages_before, _batch_ages(scrape))
     # A producer retry in the stream repeats a command_id: pair the n-th sending with the
     # n-th result of that id.
     sent_at: dict[str, list[int]] = defaultdict(list)
@@ -640,17 +640,20 @@ def p99_by_second(pairs: Sequence[tuple[int, float]]) -> list[float]:
     return [percentiles(seconds[k])["p99"] for k in sorted(seconds)]
 
 
-def _lane_batches(worker: WorkerProcess) -> tuple[float, float]:
+def _lane_batches(scrape: str) -> tuple[float, float]:
     """(records handled, partition batches) so far, from the worker's own histogram."""
-    return worker.metric("capture_batch_size_sum"), worker.metric("capture_batch_size_count")
+    return (
+        metric_sum(scrape, "capture_batch_size_sum"),
+        metric_sum(scrape, "capture_batch_size_count"),
+    )
 
 
-def _batch_ages(worker: WorkerProcess) -> dict[str, tuple[float, float]]:
+def _batch_ages(scrape: str) -> dict[str, tuple[float, float]]:
     """(sum in seconds, count) of each batch's oldest record's age, by stage, from the worker."""
     return {
         stage: (
-            worker.metric("capture_record_age_seconds_sum", f'stage="{stage}"'),
-            worker.metric("capture_record_age_seconds_count", f'stage="{stage}"'),
+            metric_sum(scrape, "capture_record_age_seconds_sum", f'stage="{stage}"'),
+            metric_sum(scrape, "capture_record_age_seconds_count", f'stage="{stage}"'),
         )
         for stage in ("taken", "delivered")
     }

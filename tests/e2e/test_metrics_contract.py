@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from devkit.worker_process import metric_sum
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import produce, wait_for_count
 from tests.support.promql import (
@@ -50,17 +49,17 @@ async def test_rules_and_dashboard_use_only_what_a_running_worker_exports(
     ages: dict[tuple[str, str], float] = {}
 
     async def every_batch_delivered() -> bool:
-        ages.clear()
-        _, text = worker.get("/metrics")
+        scrape = worker.metrics()  # every value of one moment
         ages.update(
-            ((sample.labels["stage"], sample.name.rsplit("_", 1)[1]), sample.value)
-            for family in text_string_to_metric_families(text)
-            if family.name == "capture_record_age_seconds"
-            for sample in family.samples
-            if sample.name.endswith(("_count", "_sum"))
+            (
+                (stage, part),
+                metric_sum(scrape, f"capture_record_age_seconds_{part}", f'stage="{stage}"'),
+            )
+            for stage in ("taken", "delivered")
+            for part in ("count", "sum")
         )
-        count = ages.get(("taken", "count"), 0)
-        return count >= 1 and ages.get(("delivered", "count")) == count
+        count = ages[("taken", "count")]
+        return count >= 1 and ages[("delivered", "count")] == count
 
     await wait_until(every_batch_delivered, timeout_s=60, what="every batch delivered")
     assert 0 < ages[("taken", "sum")] <= ages[("delivered", "sum")]
