@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from contracts import headers as H
-from devkit.worker_process import WorkerProcess
+from devkit.worker_process import WorkerProcess, metric_sum
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import Record, produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
@@ -47,17 +47,19 @@ def by_command(results: list[Record]) -> dict[str, list[bytes]]:
 
 
 # docs/scaling.md has deployments set the pool to the database's cores, fewer connections than
-# lanes: the lanes, the dead-letter writes and the health probe then take turns on them; and
-# lets fetches wait for more bytes than the stream's last records hold (the broker answers
-# at the wait's end).
+# lanes: the lanes, the dead-letter writes and the health probe then take turns on them; lets
+# fetches wait for more bytes than the stream's last records hold (the broker answers at the
+# wait's end); and lets the lanes share database calls: one at a time here, with fetches of a
+# few records per partition so that the chunks waiting are small enough to share one.
 @pytest.mark.parametrize(
     "settings",
     [
         {},
         {"CAPTURE_DB_POOL_SIZE": "1"},
         {"CAPTURE_FETCH_MIN_BYTES": str(8 * 1024 * 1024), "CAPTURE_FETCH_MAX_WAIT_MS": "100"},
+        {"CAPTURE_DB_MAX_CALLS": "1", "CAPTURE_FETCH_PARTITION_BYTES": "32768"},
     ],
-    ids=["defaults", "one-connection", "fetches-wait-for-8-MiB"],
+    ids=["defaults", "one-connection", "fetches-wait-for-8-MiB", "shared-database-calls"],
 )
 async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     worker_setup: WorkerSetup,
@@ -129,6 +131,10 @@ async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     assert await signal_count(worker_setup.database_url) == len(stream.valid_ids)
     # No partition stalled.
     assert worker.metric("capture_consumer_lag") == 0
+    if "CAPTURE_DB_MAX_CALLS" in settings:  # and the lanes did share calls
+        scrape = worker.metrics()
+        calls = metric_sum(scrape, "capture_db_chunks_per_call_count")
+        assert 0 < calls < metric_sum(scrape, "capture_db_chunks_per_call_sum")
     assert worker.terminate() == 0
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.fakes import FakePublisher, FakeStore
+from worker.application.coalescing import CoalescingStore
 from worker.application.ports import CaptureStore, Publisher
 from worker.infrastructure.repository import ArtifactRepository
 from worker.infrastructure.result_publisher import OutcomePublisher
@@ -30,7 +31,7 @@ def parameters(method: Any) -> list[tuple[str, Any]]:
 @pytest.mark.parametrize(
     ("port", "implementations"),
     [
-        (CaptureStore, [FakeStore, ArtifactRepository]),
+        (CaptureStore, [FakeStore, ArtifactRepository, CoalescingStore]),
         (Publisher, [FakePublisher, OutcomePublisher]),
     ],
     ids=["CaptureStore", "Publisher"],

@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "transaction rolled back) before the worker reports ready. Default: one per lane, "
         "CAPTURE_TOPIC_PARTITIONS, at most CAPTURE_DB_POOL_SIZE; 0 for none.",
     )
+    db_max_calls: int = Field(
+        0,
+        ge=0,
+        validation_alias=_env("CAPTURE_DB_MAX_CALLS"),
+        description="Ingest calls running at once. A lane's chunk that comes while they all "
+        "run waits and goes with the others waiting, in one call: fewer, larger calls when "
+        "the database is busy. 0: no limit, each lane calls on its own.",
+    )
     db_lock_timeout_ms: int = Field(
         2000,
         ge=0,

@@ -79,3 +79,9 @@ DB_CALL_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     registry=REGISTRY,
 )
+DB_CHUNKS_PER_CALL = Histogram(
+    "capture_db_chunks_per_call",
+    "Lanes' chunks carried by one ingest call (CAPTURE_DB_MAX_CALLS gathers those that wait).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+    registry=REGISTRY,
+)

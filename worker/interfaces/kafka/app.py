@@ -35,6 +35,7 @@ from faststream.specification import AsyncAPI
 from contracts import CaptureArtifactCommand, CaptureResult
 from worker import __version__
 from worker.application.capture import BatchProcessor, Limits
+from worker.application.coalescing import CoalescingStore
 from worker.application.ports import CaptureStore
 from worker.application.retry import Backoff
 from worker.core.config import Settings
@@ -215,6 +216,10 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
 
         store, close_store = await wait_for("postgresql", lambda: store_factory(settings))
         worker._closers.append(close_store)
+        if settings.db_max_calls:
+            store = CoalescingStore(
+                store, max_calls=settings.db_max_calls, max_commands=settings.batch_size
+            )
         # Closers go in before the first attempt: a client whose start failed holds
         # resources too, and start-up may end there.
         producer = AIOKafkaProducer(**producer_options(settings))

@@ -1,0 +1,105 @@
+"""Lanes' chunks gathered into shared ingest calls (CoalescingStore over the real repository)
+give every command the result a call of its own gives, and the same state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from tests.integration.db.test_typed_ingest import mixed_stream, normalise, through_reference
+from tests.support.db_commands import new_id, stream, typed
+from worker.application.coalescing import CoalescingStore
+from worker.application.ports import ResultObject
+from worker.core import metrics
+from worker.domain.errors import PermanentError
+from worker.infrastructure.db import create_pool
+from worker.infrastructure.repository import ArtifactRepository
+
+
+def chunks_per_call() -> tuple[float, float]:
+    samples = {s.name: s.value for s in metrics.DB_CHUNKS_PER_CALL.collect()[0].samples}
+    return (
+        samples["capture_db_chunks_per_call_count"],
+        samples["capture_db_chunks_per_call_sum"],
+    )
+
+
+def per_user_stream(seed: int) -> list[dict[str, Any]]:
+    """mixed_stream without the command_ids that two users share: which user takes such an id
+    depends on which lane reaches the database first, not on an order lanes keep."""
+    commands = mixed_stream(seed)
+    users_of: dict[str, set[str]] = defaultdict(set)
+    for c in commands:
+        users_of[c["command_id"]].add(c["user_id"])
+    return [c for c in commands if len(users_of[c["command_id"]]) == 1]
+
+
+async def test_shared_calls_give_each_command_its_own_result_and_the_same_state(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    commands = per_user_stream(21)
+    reference, reference_digest = await through_reference(await fresh_database(), commands)
+
+    lanes: dict[str, list[int]] = defaultdict(list)  # a lane per user, like partitions
+    for index, c in enumerate(commands):
+        lanes[c["user_id"]].append(index)
+    pool = await create_pool(await fresh_database(), max_size=2)
+    try:
+        repo = ArtifactRepository(pool)
+        store = CoalescingStore(repo, max_calls=1, max_commands=40)
+        replies: dict[int, ResultObject | PermanentError] = {}
+
+        async def lane(indexes: list[int]) -> None:
+            for start in range(0, len(indexes), 7):
+                part = indexes[start : start + 7]
+                got = await store.ingest_commands([typed(commands[i]) for i in part])
+                replies.update(zip(part, got, strict=True))
+
+        calls_before, chunks_before = chunks_per_call()
+        await asyncio.wait_for(asyncio.gather(*(lane(i) for i in lanes.values())), 120)
+        calls, chunks = chunks_per_call()
+        digest = await repo.state_digest()
+    finally:
+        await pool.close()
+
+    assert [normalise(replies[i]) for i in range(len(commands))] == reference
+    assert digest == reference_digest
+    # The lanes did share calls: fewer calls than chunks.
+    assert calls - calls_before < chunks - chunks_before
+
+
+async def test_a_chunk_refused_as_a_whole_in_a_shared_call_spares_the_others(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """U+0000 cannot be bound: the shared call fails, each chunk goes again on its own."""
+    users = [new_id() for _ in range(4)]
+    commands = stream(np.random.default_rng(22), users=users, per_user=5)
+    firsts = [[c for c in commands if c["user_id"] == user] for user in users]
+    firsts[2][1]["title"] = "nul \x00 inside"
+
+    pool = await create_pool(await fresh_database(), max_size=2)
+    try:
+        store = CoalescingStore(ArtifactRepository(pool), max_calls=1, max_commands=100)
+        busy = asyncio.ensure_future(store.ingest_commands([typed(c) for c in firsts[0]]))
+        await asyncio.sleep(0)  # the first call runs; the others wait and share the next
+        others = [
+            asyncio.ensure_future(store.ingest_commands([typed(c) for c in cs]))
+            for cs in firsts[1:]
+        ]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(busy, *others, return_exceptions=True), 120
+        )
+        stored = await pool.fetchval("SELECT count(*) FROM capture.signals")
+    finally:
+        await pool.close()
+
+    assert isinstance(outcomes[2], PermanentError)
+    kept = [outcomes[i] for i in (0, 1, 3)]
+    for reply in kept:
+        assert isinstance(reply, list)
+        assert Counter(type(r).__name__ for r in reply) == Counter({"dict": 5})
+    assert stored == 15

@@ -1,0 +1,243 @@
+"""CoalescingStore: at most max_calls ingest calls at once; the chunks that wait go together,
+each gets what a call of its own would have returned."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from contracts import ErrorKind
+from tests.support.db_commands import typed
+from tests.support.fakes import OTHER_USER, USER, FakeStore, command
+from worker.application.coalescing import CoalescingStore
+from worker.application.ports import IngestCommand, ResultObject
+from worker.core import metrics
+from worker.domain.errors import PermanentError, TransientError
+
+
+class GatedStore(FakeStore):
+    """A FakeStore whose calls wait until the test opens their gate, one gate per call."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gates: list[asyncio.Event] = []
+        self.started: list[list[IngestCommand]] = []  # each call's commands, as it starts
+        self.running = 0
+        self.most_running = 0
+        self.down = False  # every call fails as when the database cannot be reached
+
+    async def ingest_commands(
+        self, commands: Sequence[IngestCommand]
+    ) -> list[ResultObject | PermanentError]:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.started.append(list(commands))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await gate.wait()
+            if self.down:
+                raise TransientError("connection refused")
+            return await super().ingest_commands(commands)
+        finally:
+            self.running -= 1
+
+
+def chunk(n: int, *, user: str = USER, url: str = "https://example.com/a") -> list[IngestCommand]:
+    return [typed(command(user_id=user, url=url)) for _ in range(n)]
+
+
+def ids(commands: Sequence[IngestCommand]) -> list[str]:
+    return [str(c.command_id) for c in commands]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+def chunks_per_call() -> tuple[float, float]:
+    """(calls, chunks) observed so far by capture_db_chunks_per_call."""
+    samples = {s.name: s.value for s in metrics.DB_CHUNKS_PER_CALL.collect()[0].samples}
+    return (
+        samples["capture_db_chunks_per_call_count"],
+        samples["capture_db_chunks_per_call_sum"],
+    )
+
+
+async def test_an_idle_store_sends_a_chunk_at_once_alone() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=2, max_commands=100)
+    first = chunk(3)
+    reply = asyncio.ensure_future(store.ingest_commands(first))
+    await until(lambda: len(inner.gates) == 1)
+    inner.gates[0].set()
+    assert [r["command_id"] for r in await reply] == ids(first)
+    assert inner.started == [first]
+    assert await store.ingest_commands([]) == []
+    assert len(inner.started) == 1
+
+
+async def test_chunks_that_wait_go_together_in_the_order_they_came() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+    calls_before, chunks_before = chunks_per_call()
+    first, second, third = chunk(2), chunk(3, user=OTHER_USER), chunk(1)
+    a = asyncio.ensure_future(store.ingest_commands(first))
+    await until(lambda: len(inner.gates) == 1)
+    b = asyncio.ensure_future(store.ingest_commands(second))
+    c = asyncio.ensure_future(store.ingest_commands(third))
+    await asyncio.sleep(0.01)
+    assert len(inner.gates) == 1, "a second call started while max_calls were running"
+    inner.gates[0].set()
+    await until(lambda: len(inner.gates) == 2)
+    assert inner.started[0] == first
+    inner.gates[1].set()
+    replies = await asyncio.gather(a, b, c)
+    assert inner.started[1] == second + third
+    for commands, reply in zip((first, second, third), replies, strict=True):
+        assert [r["command_id"] for r in reply] == ids(commands)
+    assert inner.most_running == 1
+    calls, chunks = chunks_per_call()
+    assert (calls - calls_before, chunks - chunks_before) == (2, 3)
+
+
+async def test_max_calls_run_at_once_and_no_more() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=2, max_commands=100)
+    replies = [asyncio.ensure_future(store.ingest_commands(chunk(1))) for _ in range(5)]
+    await until(lambda: len(inner.gates) == 2)
+    await asyncio.sleep(0.01)
+    assert len(inner.gates) == 2
+    inner.gates[0].set()
+    await until(lambda: len(inner.gates) == 3)
+    assert len(inner.started[2]) == 3  # the three waiting, in one call
+    for gate in inner.gates:
+        gate.set()
+    assert all(len(r) == 1 for r in await asyncio.gather(*replies))
+    assert inner.most_running == 2
+    assert sorted(len(c) for c in inner.started) == [1, 1, 3]
+
+
+async def test_a_call_carries_at_most_max_commands_but_a_larger_chunk_goes_alone() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=5)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    sizes = [3, 2, 4, 7]
+    waiting = [asyncio.ensure_future(store.ingest_commands(chunk(n))) for n in sizes]
+    await asyncio.sleep(0)
+    for n in range(1, 4):
+        inner.gates[n - 1].set()
+        await until(lambda n=n: len(inner.gates) == n + 1)
+    inner.gates[3].set()
+    await asyncio.gather(busy, *waiting)
+    assert [len(c) for c in inner.started] == [1, 3 + 2, 4, 7]
+
+
+LOCKED = "9a1d1f4e-1c2b-4f6a-8d3e-0b5c7a9e2f31"
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        # the user's rows locked past lock_timeout
+        ({"user": LOCKED}, TransientError),
+        # refused as a whole, e.g. a text PostgreSQL cannot bind
+        ({"url": "https://example.com/bug"}, PermanentError),
+    ],
+    ids=["transient", "refused-as-a-whole"],
+)
+async def test_a_call_of_several_chunks_that_fails_sends_each_again_alone(
+    failure: dict[str, str], expected: type[Exception]
+) -> None:
+    """One partition's locked user (or unbindable text) must not stall or refuse another's."""
+    refusal = PermanentError(ErrorKind.CONSTRAINT, "invalid byte sequence", sqlstate="22021")
+    inner = GatedStore(locked={LOCKED}, bug=refusal)
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+    first = chunk(1)
+    busy = asyncio.ensure_future(store.ingest_commands(first))
+    await until(lambda: len(inner.gates) == 1)
+    good = chunk(2, user=OTHER_USER)
+    bad = chunk(1, **failure)
+    also_good = chunk(1)
+    replies = [asyncio.ensure_future(store.ingest_commands(c)) for c in (good, bad, also_good)]
+    await asyncio.sleep(0)
+    for n in range(1, 6):
+        inner.gates[n - 1].set()
+        if n < 5:
+            await until(lambda n=n: len(inner.gates) == n + 1)
+    await busy
+    outcomes = await asyncio.gather(*replies, return_exceptions=True)
+    # The merged call, then each chunk alone, in the order they came.
+    assert inner.started[1] == good + bad + also_good
+    assert inner.started[2:] == [good, bad, also_good]
+    assert [r["command_id"] for r in outcomes[0]] == ids(good)
+    assert isinstance(outcomes[1], expected)
+    assert [r["command_id"] for r in outcomes[2]] == ids(also_good)
+    assert inner.ingested == ids(first) + ids(good) + ids(also_good)
+
+
+async def test_a_lane_cancelled_while_waiting_sends_nothing() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    dropped = asyncio.ensure_future(store.ingest_commands(chunk(2)))
+    kept = chunk(1)
+    after = asyncio.ensure_future(store.ingest_commands(kept))
+    await asyncio.sleep(0)
+    dropped.cancel()
+    inner.gates[0].set()
+    await until(lambda: len(inner.gates) == 2)
+    inner.gates[1].set()
+    await asyncio.gather(busy, after)
+    assert dropped.cancelled()
+    assert inner.started[1] == kept
+
+
+async def test_a_lane_cancelled_while_its_call_runs_leaves_the_others_their_replies() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    first, second = chunk(1), chunk(2)
+    cancelled = asyncio.ensure_future(store.ingest_commands(first))
+    other = asyncio.ensure_future(store.ingest_commands(second))
+    inner.gates[0].set()
+    await until(lambda: len(inner.gates) == 2)
+    cancelled.cancel()
+    inner.gates[1].set()
+    await busy
+    assert [r["command_id"] for r in await other] == ids(second)
+    assert inner.started[1] == first + second
+    # The next chunk is not held up by the abandoned one.
+    inner.gates.clear()
+    late = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    inner.gates[0].set()
+    assert len(await late) == 1
+
+
+async def test_when_the_database_is_away_every_chunk_of_a_shared_call_fails_at_once() -> None:
+    """Sent again alone, each would only fail the same way, one after the other."""
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    waiting = [asyncio.ensure_future(store.ingest_commands(chunk(2))) for _ in range(3)]
+    await asyncio.sleep(0)
+    inner.gates[0].set()
+    await busy
+    await until(lambda: len(inner.gates) == 2)
+    inner.down = True
+    inner.gates[1].set()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(o, TransientError) for o in outcomes)
+    assert len(inner.started) == 2  # the shared call only

@@ -1,0 +1,153 @@
+"""Lanes' database chunks gathered into fewer ingest calls while the database is busy.
+
+Every lane calls the database as soon as it has records, so at a steady rate six lanes make
+six small calls at once, and each call costs the database a fixed price (its functions'
+statements started, its locks, its commit) that hardly depends on how many commands it
+carries. `CoalescingStore` lets at most `max_calls` ingest calls run at once; a chunk that
+comes while they run waits, and the next call carries every chunk waiting by then (up to
+`max_commands`), in the order they came. There is no timer: a chunk waits only while
+`max_calls` calls run, and one that finds a call free goes at once, alone.
+
+A lane has one chunk in flight at a time, so a partition's commands still reach the database
+in order; chunks of different partitions have no order between them. Each chunk gets exactly
+what a call of its own would have returned: when a call of several chunks fails as a whole
+(a user's rows locked too long, a value refused, a bug), each of its chunks is sent again on
+its own, so one partition's locked rows or unbindable text never stalls another's; when the
+database is away, every chunk of the call gets that error at once, as alone it would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.application.ports import CaptureStore, IngestCommand, ResultObject
+from worker.core import metrics
+from worker.domain.errors import PermanentError, TransientError
+
+Reply = list[ResultObject | PermanentError]
+
+
+@dataclass(slots=True)
+class _Chunk:
+    commands: Sequence[IngestCommand]
+    reply: asyncio.Future[Reply] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class CoalescingStore:
+    """A CaptureStore that runs at most `max_calls` ingest calls at once (see the module)."""
+
+    def __init__(self, inner: CaptureStore, *, max_calls: int, max_commands: int) -> None:
+        self._inner = inner
+        self._max_calls = max(1, max_calls)
+        self._max_commands = max(1, max_commands)
+        self._waiting: deque[_Chunk] = deque()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def ingest_commands(self, commands: Sequence[IngestCommand]) -> Reply:
+        if not commands:
+            return []
+        chunk = _Chunk(commands)
+        self._waiting.append(chunk)
+        self._start()
+        # Cancelled while waiting: the chunk is dropped when its turn comes. Cancelled while
+        # its call runs: the call goes on for the others; its effects are committed or not,
+        # and the records come again either way (the ledger answers a repeat).
+        return await chunk.reply
+
+    async def record_rejections(self, results: Sequence[ResultObject]) -> list[ResultObject]:
+        return await self._inner.record_rejections(results)
+
+    async def system_config(self) -> Mapping[str, Any]:
+        return await self._inner.system_config()
+
+    def _start(self) -> None:
+        while len(self._running) < self._max_calls:
+            chunks = self._take()
+            if not chunks:
+                return
+            task = asyncio.create_task(self._call(chunks))
+            self._running.add(task)
+            task.add_done_callback(self._ended)
+
+    def _take(self) -> list[_Chunk]:
+        """The waiting chunks, oldest first, up to max_commands (but at least one)."""
+        taken: list[_Chunk] = []
+        size = 0
+        while self._waiting:
+            chunk = self._waiting[0]
+            if chunk.reply.done():  # its lane was cancelled
+                self._waiting.popleft()
+                continue
+            if taken and size + len(chunk.commands) > self._max_commands:
+                break
+            taken.append(self._waiting.popleft())
+            size += len(chunk.commands)
+        return taken
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._start()
+
+    async def _call(self, chunks: list[_Chunk]) -> None:
+        try:
+            metrics.DB_CHUNKS_PER_CALL.observe(len(chunks))
+            if len(chunks) == 1:
+                await self._alone(chunks[0])
+                return
+            commands = [c for chunk in chunks for c in chunk.commands]
+            try:
+                replies = await self._inner.ingest_commands(commands)
+            except TransientError as exc:
+                if exc.contention:
+                    await self._each_alone(chunks)
+                else:  # the database is away: alone, each would fail the same way
+                    for chunk in chunks:
+                        _fail(chunk, exc)
+                return
+            except Exception:
+                await self._each_alone(chunks)
+                return
+            start = 0
+            for chunk in chunks:
+                end = start + len(chunk.commands)
+                _settle(chunk, replies[start:end])
+                start = end
+        except BaseException:
+            for chunk in chunks:
+                if not chunk.reply.done():
+                    chunk.reply.cancel()
+            raise
+
+    async def _each_alone(self, chunks: list[_Chunk]) -> None:
+        """After a shared call failed as a whole (nothing of it committed; or, when the
+        connection was lost at the commit, all of it, and the ledger answers the repeat):
+        each chunk again on its own, so that only the one a user's locked rows or a refused
+        value belong to gets the failure."""
+        for chunk in chunks:
+            await self._alone(chunk)
+
+    async def _alone(self, chunk: _Chunk) -> None:
+        if chunk.reply.done():
+            return
+        try:
+            replies = await self._inner.ingest_commands(chunk.commands)
+        except Exception as exc:
+            _fail(chunk, exc)
+            return
+        _settle(chunk, replies)
+
+
+def _settle(chunk: _Chunk, replies: Reply) -> None:
+    if not chunk.reply.done():
+        chunk.reply.set_result(replies)
+
+
+def _fail(chunk: _Chunk, exc: Exception) -> None:
+    if not chunk.reply.done():
+        chunk.reply.set_exception(exc)
