@@ -577,6 +577,7 @@ async def bench_latency(
     meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
     scrape = worker.metrics()
     batches_before, ages_before = _lane_batches(scrape), _batch_ages(scrape)
+    shared_before = _shared_calls(scrape)
     before = meter.sample()
     started = time.time()
     sent = await _publish(
@@ -593,6 +594,7 @@ async def bench_latency(
     used = cpu.CpuMeter.per_command(before, after, len(commands), time.time() - started)
     scrape = worker.metrics()
     batches_after, ages = _lane_batches(scrape), _mean_ages_ms(ages_before, _batch_ages(scrape))
+    shared_after = _shared_calls(scrape)
     # A producer retry in the stream repeats a command_id: pair the n-th sending with the
     # n-th result of that id.
     sent_at: dict[str, list[int]] = defaultdict(list)
@@ -620,6 +622,8 @@ async def bench_latency(
         # Where the time goes: a batch's oldest command waited this long, on average, from
         # its sending to its lane taking it, and to its results' acknowledgement.
         "batch_oldest_age_ms": ages,
+        # With CAPTURE_DB_MAX_CALLS: the lanes' chunks an ingest call carried, on average.
+        "chunks_per_db_call": _per_call(shared_before, shared_after),
         "p99_by_second": p99_by_second(pairs),
         "cpu": used,
     }
@@ -646,6 +650,19 @@ def _lane_batches(scrape: str) -> tuple[float, float]:
         metric_sum(scrape, "capture_batch_size_sum"),
         metric_sum(scrape, "capture_batch_size_count"),
     )
+
+
+def _shared_calls(scrape: str) -> tuple[float, float]:
+    """(chunks, ingest calls) so far, counted only when the worker limits its calls."""
+    return (
+        metric_sum(scrape, "capture_db_chunks_per_call_sum"),
+        metric_sum(scrape, "capture_db_chunks_per_call_count"),
+    )
+
+
+def _per_call(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    calls = after[1] - before[1]
+    return round((after[0] - before[0]) / calls, 2) if calls > 0 else None
 
 
 def _batch_ages(scrape: str) -> dict[str, tuple[float, float]]:
@@ -1151,6 +1168,9 @@ async def run_bench(
             "producer_linger_ms": producer_options(settings)["linger_ms"],
             "fetch_partition_bytes": fetch_bytes,
             "commit_interval_ms": settings.commit_interval_ms,
+            "fetch_min_bytes": settings.fetch_min_bytes,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "db_max_calls": settings.db_max_calls,
         },
         "machine": machine,
         "seconds": round(time.perf_counter() - began, 1),
@@ -1255,7 +1275,10 @@ def print_report(report: dict[str, Any]) -> None:
         f"[dim]worker: batch {ws['batch_size']}, max poll {ws['max_poll_records']}, "
         f"linger {ws['batch_linger_ms']} ms, pool {ws['db_pool_size']}, producer linger "
         f"{ws['producer_linger_ms']} ms, fetch {ws['fetch_partition_bytes'] // 1024} KiB "
-        f"per partition, commits {ws['commit_interval_ms']} ms apart[/]"
+        f"per partition (waiting for {ws['fetch_min_bytes']:,} "
+        f"byte{'s' if ws['fetch_min_bytes'] != 1 else ''}, at most "
+        f"{ws['fetch_max_wait_ms']} ms), commits {ws['commit_interval_ms']} ms apart, "
+        f"ingest calls at once {ws['db_max_calls'] or 'unlimited'}[/]"
     )
     console.print(
         f"[dim]machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
@@ -1290,9 +1313,11 @@ def _print_latency(lat: dict[str, Any]) -> None:
             f"  p99 second by second: median {statistics.median(by_second):.0f} ms, "
             f"{min(by_second):.0f} to {max(by_second):.0f} ms over {len(by_second)} s"
         )
+    shared = lat.get("chunks_per_db_call")
     console.print(
         f"  in it, CPU per command: {_cpu_parts(lat['cpu'])}; the worker's batches "
         f"{lat['batch_mean']:,.0f} commands on average"
+        + (f", {shared:.1f} lanes' chunks per database call" if shared else "")
     )
     ages = lat.get("batch_oldest_age_ms", {})
     if "taken" in ages and "delivered" in ages:

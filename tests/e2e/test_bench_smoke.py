@@ -24,13 +24,17 @@ pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-m", "worker.interfaces.cli.main"]
 
 
-async def _bench(kafka_bootstrap: str, pg_admin_url: str, *args: str) -> dict[str, Any]:
-    """`bench ARGS --format json` as a child process; its report (it must exit 0)."""
+async def _bench(
+    kafka_bootstrap: str, pg_admin_url: str, *args: str, settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`bench ARGS --format json` as a child process, `settings` in its (and so its worker's)
+    environment; its report (it must exit 0)."""
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "DATABASE_URL": pg_admin_url,
         "CAPTURE_LOG_FORMAT": "json",
+        **(settings or {}),
     }
     proc = await asyncio.create_subprocess_exec(
         *CLI,
@@ -146,6 +150,9 @@ async def test_bench_reports_every_measure_as_one_json_object(
     # its lane, then its result acknowledged, within the phase's worst latency.
     ages = latency["batch_oldest_age_ms"]
     assert 0 <= ages["taken"] <= ages["delivered"] <= latency["max"] + 50
+    # By default each lane calls the database on its own: no call is shared, none counted.
+    assert report["worker_settings"]["db_max_calls"] == 0
+    assert latency["chunks_per_db_call"] is None
 
     # Nothing of the run is left behind.
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)
@@ -174,9 +181,13 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         "--peer-tasks", "2",
         "--peer-tasks", "1",
         "--database-cores", "1",
+        settings={"CAPTURE_DB_MAX_CALLS": "2"},
     )  # fmt: skip
 
     assert report["same_state"] is True
+    # The worker ran with the setting given to the bench, and counted its calls' chunks.
+    assert report["worker_settings"]["db_max_calls"] == 2
+    assert report["latency_ms"]["chunks_per_db_call"] >= 1
     peer = report["peer"]
     assert peer["versions"] == {"debezium": "3.6.0.Final", "connect": "4.1.1"}
     # Warm (after as many commands) and cold (from a fresh Connect's tasks running).
