@@ -49,10 +49,23 @@ async def applied_per_user(database_url: str) -> Counter[str]:
         await conn.close()
 
 
+# Also with the lanes sharing database calls (CAPTURE_DB_MAX_CALLS, one at a time): a shared
+# call waits for the locked user's lock, then each chunk goes alone, and the locked user's
+# retries go alone from then on, so the others still flow.
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({}, "one user locked for 10 s"),
+        ({"CAPTURE_DB_MAX_CALLS": "1"}, "one user locked for 10 s, calls shared"),
+    ],
+    ids=["own-calls", "shared-calls"],
+)
 async def test_one_user_locked_for_10_s_others_flow(
     worker_setup: WorkerSetup,
     fresh_database: Callable[[], Awaitable[str]],
     scenario: Scenario,
+    settings: dict[str, str],
+    name: str,
 ) -> None:
     topics = topics_of(worker_setup)
     sent = Sent()
@@ -66,7 +79,7 @@ async def test_one_user_locked_for_10_s_others_flow(
     await holder.execute(USER_LOCK, locked_user)
     faults = 1
     try:
-        worker = worker_setup.start()
+        worker = worker_setup.start(**settings)
         await ready(worker)
         await feed(topics, sent.items)
         fed = time.monotonic()
@@ -97,7 +110,7 @@ async def test_one_user_locked_for_10_s_others_flow(
 
     await wait_done(topics, sent, worker_setup.database_url, workers=(worker,))
     await scenario.conclude(
-        "one user locked for 10 s",
+        name,
         sent,
         topics,
         database_url=worker_setup.database_url,

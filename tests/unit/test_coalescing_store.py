@@ -241,3 +241,47 @@ async def test_when_the_database_is_away_every_chunk_of_a_shared_call_fails_at_o
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(o, TransientError) for o in outcomes)
     assert len(inner.started) == 2  # the shared call only
+
+
+async def test_a_user_whose_rows_were_locked_goes_alone_until_its_chunk_passes() -> None:
+    """Its retries must not hold other partitions' chunks in a call that waits for the lock."""
+    inner = GatedStore(locked={LOCKED})
+    store = CoalescingStore(inner, max_calls=1, max_commands=100)
+
+    async def shared_call(*chunks: list[IngestCommand]) -> list[object]:
+        """Hold a call open, queue `chunks` behind it, then let every call through."""
+        gates = len(inner.gates)
+        busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+        await until(lambda: len(inner.gates) == gates + 1)
+        replies = [asyncio.ensure_future(store.ingest_commands(c)) for c in chunks]
+        await asyncio.sleep(0)
+        opened = gates
+        while not all(r.done() for r in replies):
+            if opened < len(inner.gates):
+                inner.gates[opened].set()
+                opened += 1
+            await asyncio.sleep(0)
+        await busy
+        return list(await asyncio.gather(*replies, return_exceptions=True))
+
+    locked, other = chunk(1, user=LOCKED), chunk(2, user=OTHER_USER)
+    first = await shared_call(locked, other)
+    assert isinstance(first[0], TransientError) and isinstance(first[1], list)
+    assert inner.started[1:] == [locked + other, locked, other]  # shared, then each alone
+
+    # Its retry goes alone, ahead of the others, which share a call of their own.
+    again, one, two = chunk(1, user=LOCKED), chunk(1), chunk(1, user=OTHER_USER)
+    start = len(inner.started)
+    second = await shared_call(again, one, two)
+    assert isinstance(second[0], TransientError)
+    assert inner.started[start + 1 :] == [again, one + two]
+
+    # Once its chunk passes, the user shares calls again.
+    inner.locked = set()
+    third = await shared_call(chunk(1, user=LOCKED))
+    assert isinstance(third[0], list)
+    last, more = chunk(1, user=LOCKED), chunk(1)
+    start = len(inner.started)
+    fourth = await shared_call(last, more)
+    assert all(isinstance(r, list) for r in fourth)
+    assert inner.started[start + 1 :] == [last + more]

@@ -12,8 +12,9 @@ A lane has one chunk in flight at a time, so a partition's commands still reach 
 in order; chunks of different partitions have no order between them. Each chunk gets exactly
 what a call of its own would have returned: when a call of several chunks fails as a whole
 (a user's rows locked too long, a value refused, a bug), each of its chunks is sent again on
-its own, so one partition's locked rows or unbindable text never stalls another's; when the
-database is away, every chunk of the call gets that error at once, as alone it would have.
+its own, so one partition's locked rows or unbindable text never stalls another's (and the
+locked users' chunks go alone until they pass); when the database is away, every chunk of the
+call gets that error at once, as alone it would have.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from worker.application.ports import CaptureStore, IngestCommand, ResultObject
 from worker.core import metrics
@@ -34,6 +36,7 @@ Reply = list[ResultObject | PermanentError]
 @dataclass(slots=True)
 class _Chunk:
     commands: Sequence[IngestCommand]
+    users: frozenset[UUID]
     reply: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -48,11 +51,15 @@ class CoalescingStore:
         self._max_commands = max(1, max_commands)
         self._waiting: deque[_Chunk] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        # Users whose rows were locked past lock_timeout when their chunk last went alone: a
+        # chunk of theirs goes alone again until it passes, so that its retries never hold
+        # other partitions' chunks in a call waiting for the same lock.
+        self._contended: set[UUID] = set()
 
     async def ingest_commands(self, commands: Sequence[IngestCommand]) -> Reply:
         if not commands:
             return []
-        chunk = _Chunk(commands)
+        chunk = _Chunk(commands, frozenset(c.user_id for c in commands))
         self._waiting.append(chunk)
         self._start()
         # Cancelled while waiting: the chunk is dropped when its turn comes. Cancelled while
@@ -76,17 +83,23 @@ class CoalescingStore:
             task.add_done_callback(self._ended)
 
     def _take(self) -> list[_Chunk]:
-        """The waiting chunks, oldest first, up to max_commands (but at least one)."""
+        """The waiting chunks, oldest first, up to max_commands (but at least one); a chunk
+        of a contended user only alone."""
         taken: list[_Chunk] = []
         size = 0
-        while self._waiting:
-            chunk = self._waiting[0]
+        for chunk in list(self._waiting):
             if chunk.reply.done():  # its lane was cancelled
-                self._waiting.popleft()
+                self._waiting.remove(chunk)
                 continue
+            if not self._contended.isdisjoint(chunk.users):
+                if taken:
+                    continue  # it waits for a call of its own
+                self._waiting.remove(chunk)
+                return [chunk]
             if taken and size + len(chunk.commands) > self._max_commands:
                 break
-            taken.append(self._waiting.popleft())
+            self._waiting.remove(chunk)
+            taken.append(chunk)
             size += len(chunk.commands)
         return taken
 
@@ -138,8 +151,11 @@ class CoalescingStore:
         try:
             replies = await self._inner.ingest_commands(chunk.commands)
         except Exception as exc:
+            if isinstance(exc, TransientError) and exc.contention:
+                self._contended |= chunk.users
             _fail(chunk, exc)
             return
+        self._contended -= chunk.users
         _settle(chunk, replies)
 
 
