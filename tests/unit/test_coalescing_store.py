@@ -285,3 +285,26 @@ async def test_a_user_whose_rows_were_locked_goes_alone_until_its_chunk_passes()
     fourth = await shared_call(last, more)
     assert all(isinstance(r, list) for r in fourth)
     assert inner.started[start + 1 :] == [last + more]
+
+
+@pytest.mark.parametrize(("most", "calls"), [(6, [[3, 3]]), (5, [[3], [3]])])
+async def test_the_most_commands_a_call_carries_is_read_when_the_call_is_made(
+    most: int, calls: list[list[int]]
+) -> None:
+    """`worker.db_batch_size` may change at run time: the size of the moment counts."""
+    limit = [100]
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=lambda: limit[0])
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    waiting = [asyncio.ensure_future(store.ingest_commands(chunk(3))) for _ in range(2)]
+    await asyncio.sleep(0)
+    limit[0] = most
+    opened = 0
+    while not all(w.done() for w in waiting):
+        if opened < len(inner.gates):
+            inner.gates[opened].set()
+            opened += 1
+        await asyncio.sleep(0)
+    await busy
+    assert [len(c) for c in inner.started[1:]] == [sum(sizes) for sizes in calls]

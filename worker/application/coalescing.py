@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -45,10 +45,17 @@ class _Chunk:
 class CoalescingStore:
     """A CaptureStore that runs at most `max_calls` ingest calls at once (see the module)."""
 
-    def __init__(self, inner: CaptureStore, *, max_calls: int, max_commands: int) -> None:
+    def __init__(
+        self,
+        inner: CaptureStore,
+        *,
+        max_calls: int,
+        max_commands: int | Callable[[], int],
+    ) -> None:
         self._inner = inner
         self._max_calls = max(1, max_calls)
-        self._max_commands = max(1, max_commands)
+        # A number, or how to read it when a call is made (a setting that may change).
+        self._max_commands = max_commands if callable(max_commands) else lambda: max_commands
         self._waiting: deque[_Chunk] = deque()
         self._running: set[asyncio.Task[None]] = set()
         # Users whose rows were locked past lock_timeout when their chunk last went alone: a
@@ -87,6 +94,7 @@ class CoalescingStore:
         of a contended user only alone."""
         taken: list[_Chunk] = []
         size = 0
+        most = max(1, self._max_commands())
         for chunk in list(self._waiting):
             if chunk.reply.done():  # its lane was cancelled
                 self._waiting.remove(chunk)
@@ -96,7 +104,7 @@ class CoalescingStore:
                     continue  # it waits for a call of its own
                 self._waiting.remove(chunk)
                 return [chunk]
-            if taken and size + len(chunk.commands) > self._max_commands:
+            if taken and size + len(chunk.commands) > most:
                 break
             self._waiting.remove(chunk)
             taken.append(chunk)

@@ -216,10 +216,6 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
 
         store, close_store = await wait_for("postgresql", lambda: store_factory(settings))
         worker._closers.append(close_store)
-        if settings.db_max_calls:
-            store = CoalescingStore(
-                store, max_calls=settings.db_max_calls, max_commands=settings.batch_size
-            )
         # Closers go in before the first attempt: a client whose start failed holds
         # resources too, and start-up may end there.
         producer = AIOKafkaProducer(**producer_options(settings))
@@ -253,12 +249,25 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
 
         config = SystemConfigCache(store.system_config, ttl_s=settings.config_ttl_s)
 
+        def db_batch_size(batch: Any) -> int:
+            return int(batch) if isinstance(batch, int | float) else settings.batch_size
+
         async def limits() -> Limits:
             batch = await config.get("worker.db_batch_size", settings.batch_size)
             return Limits(
                 embedding_dim=settings.embedding_dim,
                 max_message_bytes=settings.max_message_bytes,
-                db_batch_size=int(batch) if isinstance(batch, int | float) else settings.batch_size,
+                db_batch_size=db_batch_size(batch),
+            )
+
+        if settings.db_max_calls:
+            # A shared call holds no more commands than a lane's own may (the size read last).
+            store = CoalescingStore(
+                store,
+                max_calls=settings.db_max_calls,
+                max_commands=lambda: db_batch_size(
+                    config.peek("worker.db_batch_size", settings.batch_size)
+                ),
             )
 
         async def probe_db() -> None:
