@@ -45,6 +45,15 @@ class GatedStore(FakeStore):
         finally:
             self.running -= 1
 
+    async def let_through(self, replies: Sequence[asyncio.Future[Any]], first_gate: int) -> None:
+        """Open each call's gate in turn, from `first_gate`, until every reply has come."""
+        opened = first_gate
+        while not all(r.done() for r in replies):
+            if opened < len(self.gates):
+                self.gates[opened].set()
+                opened += 1
+            await asyncio.sleep(0)
+
 
 def chunk(n: int, *, user: str = USER, url: str = "https://example.com/a") -> list[IngestCommand]:
     return [typed(command(user_id=user, url=url)) for _ in range(n)]
@@ -255,12 +264,7 @@ async def test_a_user_whose_rows_were_locked_goes_alone_until_its_chunk_passes()
         await until(lambda: len(inner.gates) == gates + 1)
         replies = [asyncio.ensure_future(store.ingest_commands(c)) for c in chunks]
         await asyncio.sleep(0)
-        opened = gates
-        while not all(r.done() for r in replies):
-            if opened < len(inner.gates):
-                inner.gates[opened].set()
-                opened += 1
-            await asyncio.sleep(0)
+        await inner.let_through(replies, gates)
         await busy
         return list(await asyncio.gather(*replies, return_exceptions=True))
 
@@ -300,11 +304,6 @@ async def test_the_most_commands_a_call_carries_is_read_when_the_call_is_made(
     waiting = [asyncio.ensure_future(store.ingest_commands(chunk(3))) for _ in range(2)]
     await asyncio.sleep(0)
     limit[0] = most
-    opened = 0
-    while not all(w.done() for w in waiting):
-        if opened < len(inner.gates):
-            inner.gates[opened].set()
-            opened += 1
-        await asyncio.sleep(0)
+    await inner.let_through(waiting, 0)
     await busy
     assert [len(c) for c in inner.started[1:]] == [sum(sizes) for sizes in calls]

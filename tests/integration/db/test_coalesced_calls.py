@@ -84,6 +84,7 @@ async def test_a_chunk_refused_as_a_whole_in_a_shared_call_spares_the_others(
     pool = await create_pool(await fresh_database(), max_size=2)
     try:
         store = CoalescingStore(ArtifactRepository(pool), max_calls=1, max_commands=100)
+        calls_before, chunks_before = chunks_per_call()
         busy = asyncio.ensure_future(store.ingest_commands([typed(c) for c in firsts[0]]))
         await asyncio.sleep(0)  # the first call runs; the others wait and share the next
         others = [
@@ -94,9 +95,12 @@ async def test_a_chunk_refused_as_a_whole_in_a_shared_call_spares_the_others(
             asyncio.gather(busy, *others, return_exceptions=True), 120
         )
         stored = await pool.fetchval("SELECT count(*) FROM capture.signals")
+        calls, chunks = chunks_per_call()
     finally:
         await pool.close()
 
+    # The first chunk's call, then one shared by the other three (which failed as a whole).
+    assert (calls - calls_before, chunks - chunks_before) == (2, 4)
     assert isinstance(outcomes[2], PermanentError)
     kept = [outcomes[i] for i in (0, 1, 3)]
     for reply in kept:
