@@ -575,9 +575,7 @@ async def bench_latency(
     base = sum(base_offsets.values())
     assert worker.proc is not None
     meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
-    scrape = worker.metrics()
-    batches_before, ages_before = _lane_batches(scrape), _batch_ages(scrape)
-    shared_before = _shared_calls(scrape)
+    before_counts = _histograms(worker.metrics())
     before = meter.sample()
     started = time.time()
     sent = await _publish(
@@ -592,9 +590,7 @@ async def bench_latency(
     )
     after = meter.sample()
     used = cpu.CpuMeter.per_command(before, after, len(commands), time.time() - started)
-    scrape = worker.metrics()
-    batches_after, ages = _lane_batches(scrape), _mean_ages_ms(ages_before, _batch_ages(scrape))
-    shared_after = _shared_calls(scrape)
+    means = _means_between(before_counts, _histograms(worker.metrics()))
     # A producer retry in the stream repeats a command_id: pair the n-th sending with the
     # n-th result of that id.
     sent_at: dict[str, list[int]] = defaultdict(list)
@@ -612,18 +608,20 @@ async def bench_latency(
         raise BenchError(f"latency: {len(pairs)} results matched of {len(commands)}")
     stats = percentiles([latency for _, latency in pairs])
     phases.done(task, f"p99 {stats['p99']:.0f} ms")
-    handled = batches_after[0] - batches_before[0]
-    lane_batches = batches_after[1] - batches_before[1]
     return {
         **stats,
         "rate_per_s": round(rate, 1),
         "messages": len(commands),
-        "batch_mean": round(handled / lane_batches, 1) if lane_batches else 0.0,
+        "batch_mean": round(means["batch"] or 0.0, 1),
         # Where the time goes: a batch's oldest command waited this long, on average, from
         # its sending to its lane taking it, and to its results' acknowledgement.
-        "batch_oldest_age_ms": ages,
+        "batch_oldest_age_ms": {
+            stage: round(mean * 1000, 1)
+            for stage in ("taken", "delivered")
+            if (mean := means[stage]) is not None
+        },
         # With CAPTURE_DB_MAX_CALLS: the lanes' chunks an ingest call carried, on average.
-        "chunks_per_db_call": _per_call(shared_before, shared_after),
+        "chunks_per_db_call": None if means["chunks"] is None else round(means["chunks"], 2),
         "p99_by_second": p99_by_second(pairs),
         "cpu": used,
     }
@@ -644,47 +642,34 @@ def p99_by_second(pairs: Sequence[tuple[int, float]]) -> list[float]:
     return [percentiles(seconds[k])["p99"] for k in sorted(seconds)]
 
 
-def _lane_batches(scrape: str) -> tuple[float, float]:
-    """(records handled, partition batches) so far, from the worker's own histogram."""
-    return (
-        metric_sum(scrape, "capture_batch_size_sum"),
-        metric_sum(scrape, "capture_batch_size_count"),
-    )
+#: The worker's histograms a latency phase reads: (name, label text) by what they count.
+_HISTOGRAMS = {
+    "batch": ("capture_batch_size", ""),  # records per partition batch
+    "taken": ("capture_record_age_seconds", 'stage="taken"'),  # a batch's oldest, in s
+    "delivered": ("capture_record_age_seconds", 'stage="delivered"'),
+    "chunks": ("capture_db_chunks_per_call", ""),  # only with CAPTURE_DB_MAX_CALLS
+}
 
 
-def _shared_calls(scrape: str) -> tuple[float, float]:
-    """(chunks, ingest calls) so far, counted only when the worker limits its calls."""
-    return (
-        metric_sum(scrape, "capture_db_chunks_per_call_sum"),
-        metric_sum(scrape, "capture_db_chunks_per_call_count"),
-    )
-
-
-def _per_call(before: tuple[float, float], after: tuple[float, float]) -> float | None:
-    calls = after[1] - before[1]
-    return round((after[0] - before[0]) / calls, 2) if calls > 0 else None
-
-
-def _batch_ages(scrape: str) -> dict[str, tuple[float, float]]:
-    """(sum in seconds, count) of each batch's oldest record's age, by stage, from the worker."""
+def _histograms(scrape: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each of _HISTOGRAMS so far, from one scrape of the worker's /metrics."""
     return {
-        stage: (
-            metric_sum(scrape, "capture_record_age_seconds_sum", f'stage="{stage}"'),
-            metric_sum(scrape, "capture_record_age_seconds_count", f'stage="{stage}"'),
+        key: (
+            metric_sum(scrape, f"{name}_sum", labels),
+            metric_sum(scrape, f"{name}_count", labels),
         )
-        for stage in ("taken", "delivered")
+        for key, (name, labels) in _HISTOGRAMS.items()
     }
 
 
-def _mean_ages_ms(
+def _means_between(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> dict[str, float]:
-    """The mean age of the batches' oldest records between two samples, in ms, by stage."""
-    means = {}
-    for stage, (total, count) in after.items():
-        batches = count - before[stage][1]
-        if batches > 0:
-            means[stage] = round((total - before[stage][0]) / batches * 1000, 1)
+) -> dict[str, float | None]:
+    """The mean of each histogram's observations between two samples; None where none."""
+    means: dict[str, float | None] = {}
+    for key, (total, count) in after.items():
+        observed = count - before[key][1]
+        means[key] = (total - before[key][0]) / observed if observed > 0 else None
     return means
 
 

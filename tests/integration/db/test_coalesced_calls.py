@@ -12,20 +12,12 @@ import numpy as np
 
 from tests.integration.db.test_typed_ingest import mixed_stream, normalise, through_reference
 from tests.support.db_commands import new_id, stream, typed
+from tests.unit.test_coalescing_store import chunks_per_call
 from worker.application.coalescing import CoalescingStore
 from worker.application.ports import ResultObject
-from worker.core import metrics
 from worker.domain.errors import PermanentError
 from worker.infrastructure.db import create_pool
 from worker.infrastructure.repository import ArtifactRepository
-
-
-def chunks_per_call() -> tuple[float, float]:
-    samples = {s.name: s.value for s in metrics.DB_CHUNKS_PER_CALL.collect()[0].samples}
-    return (
-        samples["capture_db_chunks_per_call_count"],
-        samples["capture_db_chunks_per_call_sum"],
-    )
 
 
 def per_user_stream(seed: int) -> list[dict[str, Any]]:
