@@ -137,15 +137,41 @@ async def test_a_call_carries_at_most_max_commands_but_a_larger_chunk_goes_alone
     store = CoalescingStore(inner, max_calls=1, max_commands=5)
     busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
     await until(lambda: len(inner.gates) == 1)
-    sizes = [3, 2, 4, 7]
-    waiting = [asyncio.ensure_future(store.ingest_commands(chunk(n))) for n in sizes]
-    await asyncio.sleep(0)
-    for n in range(1, 4):
-        inner.gates[n - 1].set()
-        await until(lambda n=n: len(inner.gates) == n + 1)
-    inner.gates[3].set()
-    await asyncio.gather(busy, *waiting)
-    assert [len(c) for c in inner.started] == [1, 3 + 2, 4, 7]
+    replies = [asyncio.ensure_future(store.ingest_commands(chunk(n))) for n in (3, 1, 2, 7)]
+    await inner.let_through([busy, *replies], 0)
+    # 3 + 1 fit in one call, the 2 would not; the 7 goes alone.
+    assert [len(c) for c in inner.started] == [1, 3 + 1, 2, 7]
+    assert [len(r.result()) for r in replies] == [3, 1, 2, 7]
+
+
+async def test_commands_that_fill_a_call_go_at_once_whatever_runs() -> None:
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=5)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    small = asyncio.ensure_future(store.ingest_commands(chunk(3)))
+    await asyncio.sleep(0.01)
+    assert len(inner.gates) == 1, "a call that could still grow did not wait"
+    # Two more fill a call with the 3: it goes beside the busy one.
+    filling = asyncio.ensure_future(store.ingest_commands(chunk(2)))
+    await until(lambda: len(inner.gates) == 2)
+    # A full chunk goes at once, as a drain's do; so does one larger than a call.
+    full = [asyncio.ensure_future(store.ingest_commands(chunk(n))) for n in (5, 6)]
+    await until(lambda: len(inner.gates) == 4)
+    # A chunk waiting when the next in line would not fit with it cannot grow: it goes too.
+    head = asyncio.ensure_future(store.ingest_commands(chunk(4)))
+    await asyncio.sleep(0.01)
+    assert len(inner.gates) == 4
+    after = asyncio.ensure_future(store.ingest_commands(chunk(2)))
+    await until(lambda: len(inner.gates) == 5)
+    assert [len(c) for c in inner.started] == [1, 3 + 2, 5, 6, 4]
+    for gate in inner.gates:
+        gate.set()
+    await until(lambda: len(inner.gates) == 6)
+    inner.gates[5].set()
+    replies = await asyncio.gather(busy, small, filling, *full, head, after)
+    assert [len(r) for r in replies] == [1, 3, 2, 5, 6, 4, 2]
+    assert inner.most_running == 5
 
 
 LOCKED = "9a1d1f4e-1c2b-4f6a-8d3e-0b5c7a9e2f31"

@@ -6,7 +6,10 @@ statements started, its locks, its commit) that hardly depends on how many comma
 carries. `CoalescingStore` lets at most `max_calls` ingest calls run at once; a chunk that
 comes while they run waits, and the next call carries every chunk waiting by then (up to
 `max_commands`), in the order they came. There is no timer: a chunk waits only while
-`max_calls` calls run, and one that finds a call free goes at once, alone.
+`max_calls` calls run, and one that finds a call free goes at once, alone. Nor does a call
+that waiting could not make larger wait: commands that fill one (a drain's full chunks, or
+small ones adding up) go at once beside the running calls, so the limit binds only while the
+calls are small, and a drain calls the database as often as it would without it.
 
 A lane has one chunk in flight at a time, so a partition's commands still reach the database
 in order; chunks of different partitions have no order between them. Each chunk gets exactly
@@ -81,17 +84,18 @@ class CoalescingStore:
         return await self._inner.system_config()
 
     def _start(self) -> None:
-        while len(self._running) < self._max_calls:
-            chunks = self._take()
+        while True:
+            chunks = self._take(full_only=len(self._running) >= self._max_calls)
             if not chunks:
                 return
             task = asyncio.create_task(self._call(chunks))
             self._running.add(task)
             task.add_done_callback(self._ended)
 
-    def _take(self) -> list[_Chunk]:
+    def _take(self, *, full_only: bool) -> list[_Chunk]:
         """The waiting chunks, oldest first, up to max_commands (but at least one); a chunk
-        of a contended user only alone."""
+        of a contended user only alone. With every call slot busy, only a full call: waiting
+        could not make it larger, so a drain's full chunks never queue behind the limit."""
         taken: list[_Chunk] = []
         size = 0
         most = max(1, self._max_commands())
@@ -102,13 +106,17 @@ class CoalescingStore:
             if not self._contended.isdisjoint(chunk.users):
                 if taken:
                     continue  # it waits for a call of its own
-                self._waiting.remove(chunk)
-                return [chunk]
-            if taken and size + len(chunk.commands) > most:
+                taken, size = [chunk], len(chunk.commands)
                 break
-            self._waiting.remove(chunk)
+            if taken and size + len(chunk.commands) > most:
+                size = most  # more waits than one call holds: this one is full
+                break
             taken.append(chunk)
             size += len(chunk.commands)
+        if full_only and size < most:
+            return []
+        for chunk in taken:
+            self._waiting.remove(chunk)
         return taken
 
     def _ended(self, task: asyncio.Task[None]) -> None:

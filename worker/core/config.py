@@ -133,9 +133,11 @@ class Settings(BaseSettings):
         0,
         ge=0,
         validation_alias=_env("CAPTURE_DB_MAX_CALLS"),
-        description="Ingest calls running at once. A lane's chunk that comes while they all "
-        "run waits and goes with the others waiting, in one call: fewer, larger calls when "
-        "the database is busy. 0: no limit, each lane calls on its own.",
+        description="Ingest calls running at once while calls are small. A lane's chunk that "
+        "comes while they all run waits and goes with the others waiting, in one call: fewer, "
+        "larger calls when the database is busy. Commands that fill a call (the batch size) "
+        "go at once whatever runs, so a drain calls as often as without a limit. 0: no "
+        "limit, each lane calls on its own.",
     )
     db_lock_timeout_ms: int = Field(
         2000,
