@@ -12,7 +12,7 @@ import pytest
 from contracts import ErrorKind
 from tests.support.db_commands import typed
 from tests.support.fakes import OTHER_USER, USER, FakeStore, command
-from worker.application.coalescing import CoalescingStore
+from worker.application.coalescing import CoalescingStore, Reply
 from worker.application.ports import IngestCommand, ResultObject
 from worker.core import metrics
 from worker.domain.errors import PermanentError, TransientError
@@ -69,6 +69,17 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+async def one_call_running(
+    max_commands: int | Callable[[], int] = 100,
+) -> tuple[GatedStore, CoalescingStore, asyncio.Future[Reply]]:
+    """A store of one call at a time, with a call of one command held open."""
+    inner = GatedStore()
+    store = CoalescingStore(inner, max_calls=1, max_commands=max_commands)
+    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 1)
+    return inner, store, busy
 
 
 def chunks_per_call() -> tuple[float, float]:
@@ -133,10 +144,7 @@ async def test_max_calls_run_at_once_and_no_more() -> None:
 
 
 async def test_a_call_carries_at_most_max_commands_but_a_larger_chunk_goes_alone() -> None:
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=5)
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running(5)
     replies = [asyncio.ensure_future(store.ingest_commands(chunk(n))) for n in (3, 1, 2, 7)]
     await inner.let_through([busy, *replies], 0)
     # 3 + 1 fit in one call, the 2 would not; the 7 goes alone.
@@ -145,10 +153,7 @@ async def test_a_call_carries_at_most_max_commands_but_a_larger_chunk_goes_alone
 
 
 async def test_commands_that_fill_a_call_go_at_once_whatever_runs() -> None:
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=5)
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running(5)
     small = asyncio.ensure_future(store.ingest_commands(chunk(3)))
     await asyncio.sleep(0.01)
     assert len(inner.gates) == 1, "a call that could still grow did not wait"
@@ -218,10 +223,7 @@ async def test_a_call_of_several_chunks_that_fails_sends_each_again_alone(
 
 
 async def test_a_lane_cancelled_while_waiting_sends_nothing() -> None:
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=100)
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running()
     dropped = asyncio.ensure_future(store.ingest_commands(chunk(2)))
     kept = chunk(1)
     after = asyncio.ensure_future(store.ingest_commands(kept))
@@ -236,10 +238,7 @@ async def test_a_lane_cancelled_while_waiting_sends_nothing() -> None:
 
 
 async def test_a_lane_cancelled_while_its_call_runs_leaves_the_others_their_replies() -> None:
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=100)
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running()
     first, second = chunk(1), chunk(2)
     cancelled = asyncio.ensure_future(store.ingest_commands(first))
     other = asyncio.ensure_future(store.ingest_commands(second))
@@ -260,10 +259,7 @@ async def test_a_lane_cancelled_while_its_call_runs_leaves_the_others_their_repl
 
 async def test_when_the_database_is_away_every_chunk_of_a_shared_call_fails_at_once() -> None:
     """Sent again alone, each would only fail the same way, one after the other."""
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=100)
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running()
     waiting = [asyncio.ensure_future(store.ingest_commands(chunk(2))) for _ in range(3)]
     await asyncio.sleep(0)
     inner.gates[0].set()
@@ -321,10 +317,7 @@ async def test_the_most_commands_a_call_carries_is_read_when_the_call_is_made(
 ) -> None:
     """`worker.db_batch_size` may change at run time: the size of the moment counts."""
     limit = [100]
-    inner = GatedStore()
-    store = CoalescingStore(inner, max_calls=1, max_commands=lambda: limit[0])
-    busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running(lambda: limit[0])
     waiting = [asyncio.ensure_future(store.ingest_commands(chunk(3))) for _ in range(2)]
     await asyncio.sleep(0)
     limit[0] = most
