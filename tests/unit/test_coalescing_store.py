@@ -45,14 +45,20 @@ class GatedStore(FakeStore):
         finally:
             self.running -= 1
 
-    async def let_through(self, replies: Sequence[asyncio.Future[Any]], first_gate: int) -> None:
+    async def let_through(
+        self, replies: Sequence[asyncio.Future[Any]], first_gate: int, timeout_s: float = 10.0
+    ) -> None:
         """Open each call's gate in turn, from `first_gate`, until every reply has come."""
-        opened = first_gate
-        while not all(r.done() for r in replies):
-            if opened < len(self.gates):
-                self.gates[opened].set()
-                opened += 1
-            await asyncio.sleep(0)
+
+        async def open_gates() -> None:
+            opened = first_gate
+            while not all(r.done() for r in replies):
+                if opened < len(self.gates):
+                    self.gates[opened].set()
+                    opened += 1
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(open_gates(), timeout_s)
 
 
 def chunk(n: int, *, user: str = USER, url: str = "https://example.com/a") -> list[IngestCommand]:
@@ -72,10 +78,11 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 async def one_call_running(
-    max_commands: int | Callable[[], int] = 100,
+    max_commands: int | Callable[[], int] = 100, **inner_options: Any
 ) -> tuple[GatedStore, CoalescingStore, asyncio.Future[Reply]]:
-    """A store of one call at a time, with a call of one command held open."""
-    inner = GatedStore()
+    """A store of one call at a time (over a GatedStore with `inner_options`), with a call of
+    one command held open."""
+    inner = GatedStore(**inner_options)
     store = CoalescingStore(inner, max_calls=1, max_commands=max_commands)
     busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
     await until(lambda: len(inner.gates) == 1)
@@ -170,12 +177,9 @@ async def test_commands_that_fill_a_call_go_at_once_whatever_runs() -> None:
     after = asyncio.ensure_future(store.ingest_commands(chunk(2)))
     await until(lambda: len(inner.gates) == 5)
     assert [len(c) for c in inner.started] == [1, 3 + 2, 5, 6, 4]
-    for gate in inner.gates:
-        gate.set()
-    await until(lambda: len(inner.gates) == 6)
-    inner.gates[5].set()
-    replies = await asyncio.gather(busy, small, filling, *full, head, after)
-    assert [len(r) for r in replies] == [1, 3, 2, 5, 6, 4, 2]
+    replies = [busy, small, filling, *full, head, after]
+    await inner.let_through(replies, 0)
+    assert [len(r.result()) for r in replies] == [1, 3, 2, 5, 6, 4, 2]
     assert inner.most_running == 5
 
 
@@ -197,20 +201,14 @@ async def test_a_call_of_several_chunks_that_fails_sends_each_again_alone(
 ) -> None:
     """One partition's locked user (or unbindable text) must not stall or refuse another's."""
     refusal = PermanentError(ErrorKind.CONSTRAINT, "invalid byte sequence", sqlstate="22021")
-    inner = GatedStore(locked={LOCKED}, bug=refusal)
-    store = CoalescingStore(inner, max_calls=1, max_commands=100)
-    first = chunk(1)
-    busy = asyncio.ensure_future(store.ingest_commands(first))
-    await until(lambda: len(inner.gates) == 1)
+    inner, store, busy = await one_call_running(locked={LOCKED}, bug=refusal)
+    first = inner.started[0]
     good = chunk(2, user=OTHER_USER)
     bad = chunk(1, **failure)
     also_good = chunk(1)
     replies = [asyncio.ensure_future(store.ingest_commands(c)) for c in (good, bad, also_good)]
     await asyncio.sleep(0)
-    for n in range(1, 6):
-        inner.gates[n - 1].set()
-        if n < 5:
-            await until(lambda n=n: len(inner.gates) == n + 1)
+    await inner.let_through([busy, *replies], 0)
     await busy
     outcomes = await asyncio.gather(*replies, return_exceptions=True)
     # The merged call, then each chunk alone, in the order they came.
