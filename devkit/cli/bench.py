@@ -1156,6 +1156,7 @@ async def run_bench(
             "fetch_min_bytes": settings.fetch_min_bytes,
             "fetch_max_wait_ms": settings.fetch_max_wait_ms,
             "db_max_calls": settings.db_max_calls,
+            "db_max_wait_ms": settings.db_max_wait_ms,
         },
         "machine": machine,
         "seconds": round(time.perf_counter() - began, 1),
@@ -1263,7 +1264,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"per partition (waiting for {ws['fetch_min_bytes']:,} "
         f"byte{'s' if ws['fetch_min_bytes'] != 1 else ''}, at most "
         f"{ws['fetch_max_wait_ms']} ms), commits {ws['commit_interval_ms']} ms apart, "
-        f"ingest calls at once {ws['db_max_calls'] or 'unlimited'}[/]"
+        f"ingest calls at once {ws['db_max_calls'] or 'unlimited'}{_max_wait(ws)}[/]"
     )
     console.print(
         f"[dim]machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
@@ -1284,6 +1285,12 @@ def print_report(report: dict[str, Any]) -> None:
             f"[dim]cores: PostgreSQL on {', '.join(map(str, split['postgresql']))}; the worker, "
             f"Kafka, the peer and the bench on {', '.join(map(str, split['others']))}[/]"
         )
+
+
+def _max_wait(ws: dict[str, Any]) -> str:
+    if not ws["db_max_calls"]:
+        return ""
+    return f" (a chunk waits {ws['db_max_wait_ms']} ms at most)"
 
 
 def _print_latency(lat: dict[str, Any]) -> None:

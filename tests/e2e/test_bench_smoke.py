@@ -181,12 +181,13 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         "--peer-tasks", "2",
         "--peer-tasks", "1",
         "--database-cores", "1",
-        settings={"CAPTURE_DB_MAX_CALLS": "2"},
+        settings={"CAPTURE_DB_MAX_CALLS": "2", "CAPTURE_DB_MAX_WAIT_MS": "20"},
     )  # fmt: skip
 
     assert report["same_state"] is True
     # The worker ran with the setting given to the bench, and counted its calls' chunks.
     assert report["worker_settings"]["db_max_calls"] == 2
+    assert report["worker_settings"]["db_max_wait_ms"] == 20
     assert report["latency_ms"]["chunks_per_db_call"] >= 1
     peer = report["peer"]
     assert peer["versions"] == {"debezium": "3.6.0.Final", "connect": "4.1.1"}

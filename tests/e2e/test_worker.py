@@ -50,7 +50,8 @@ def by_command(results: list[Record]) -> dict[str, list[bytes]]:
 # lanes: the lanes, the dead-letter writes and the health probe then take turns on them; lets
 # fetches wait for more bytes than the stream's last records hold (the broker answers at the
 # wait's end); and lets the lanes share database calls: one at a time here, with fetches of a
-# few records per partition so that the chunks waiting are small enough to share one.
+# few records per partition so that the chunks waiting are small enough to share one; and
+# once more with a chunk waiting 2 ms at most, then going beside the running call.
 @pytest.mark.parametrize(
     "settings",
     [
@@ -58,8 +59,19 @@ def by_command(results: list[Record]) -> dict[str, list[bytes]]:
         {"CAPTURE_DB_POOL_SIZE": "1"},
         {"CAPTURE_FETCH_MIN_BYTES": str(8 * 1024 * 1024), "CAPTURE_FETCH_MAX_WAIT_MS": "100"},
         {"CAPTURE_DB_MAX_CALLS": "1", "CAPTURE_FETCH_PARTITION_BYTES": "32768"},
+        {
+            "CAPTURE_DB_MAX_CALLS": "1",
+            "CAPTURE_DB_MAX_WAIT_MS": "2",
+            "CAPTURE_FETCH_PARTITION_BYTES": "32768",
+        },
     ],
-    ids=["defaults", "one-connection", "fetches-wait-for-8-MiB", "shared-database-calls"],
+    ids=[
+        "defaults",
+        "one-connection",
+        "fetches-wait-for-8-MiB",
+        "shared-database-calls",
+        "shared-calls-waiting-2-ms",
+    ],
 )
 async def test_stream_with_duplicates_recaptures_and_every_poison_kind(
     worker_setup: WorkerSetup,

@@ -78,15 +78,21 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 async def one_call_running(
-    max_commands: int | Callable[[], int] = 100, **inner_options: Any
+    max_commands: int | Callable[[], int] = 100,
+    max_wait: float | None = None,
+    **inner_options: Any,
 ) -> tuple[GatedStore, CoalescingStore, asyncio.Future[Reply]]:
     """A store of one call at a time (over a GatedStore with `inner_options`), with a call of
     one command held open."""
     inner = GatedStore(**inner_options)
-    store = CoalescingStore(inner, max_calls=1, max_commands=max_commands)
+    store = CoalescingStore(inner, max_calls=1, max_commands=max_commands, max_wait=max_wait)
     busy = asyncio.ensure_future(store.ingest_commands(chunk(1)))
     await until(lambda: len(inner.gates) == 1)
     return inner, store, busy
+
+
+def overdue_chunks() -> float:
+    return metrics.REGISTRY.get_sample_value("capture_db_overdue_chunks_total") or 0.0
 
 
 def chunks_per_call() -> tuple[float, float]:
@@ -181,6 +187,37 @@ async def test_commands_that_fill_a_call_go_at_once_whatever_runs() -> None:
     await inner.let_through(replies, 0)
     assert [len(r.result()) for r in replies] == [1, 3, 2, 5, 6, 4, 2]
     assert inner.most_running == 5
+
+
+async def test_a_chunk_waits_at_most_max_wait_then_goes_with_those_behind_it() -> None:
+    """A call that runs long (an index's inserts) holds the small chunks behind it that long
+    at most."""
+    inner, store, busy = await one_call_running(max_wait=0.2)
+    overdue_before = overdue_chunks()
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    overdue = asyncio.ensure_future(store.ingest_commands(chunk(2)))
+    behind = asyncio.ensure_future(store.ingest_commands(chunk(1, user=OTHER_USER)))
+    await until(lambda: len(inner.gates) == 2)
+    # asyncio may fire a timer up to its clock's resolution early.
+    assert loop.time() - sent >= 0.19, "a chunk went before its wait while the limit's call ran"
+    assert [len(c) for c in inner.started] == [1, 2 + 1]
+    assert inner.running == 2, "the overdue chunk waited for the running call after all"
+    assert overdue_chunks() - overdue_before == 1  # the one behind it was not overdue
+    await inner.let_through([busy, overdue, behind], 0)
+    assert [len(r.result()) for r in (overdue, behind)] == [2, 1]
+
+    # A chunk that a call took before its wait was over goes once, not again when it ends.
+    running = asyncio.ensure_future(store.ingest_commands(chunk(1)))
+    await until(lambda: len(inner.gates) == 3)
+    taken = asyncio.ensure_future(store.ingest_commands(chunk(3)))
+    inner.gates[2].set()
+    await until(lambda: len(inner.gates) == 4)
+    inner.gates[3].set()
+    await asyncio.gather(running, taken)
+    await asyncio.sleep(0.3)
+    assert [len(c) for c in inner.started] == [1, 3, 1, 3]
+    assert overdue_chunks() - overdue_before == 1
 
 
 LOCKED = "9a1d1f4e-1c2b-4f6a-8d3e-0b5c7a9e2f31"

@@ -5,11 +5,14 @@ six small calls at once, and each call costs the database a fixed price (its fun
 statements started, its locks, its commit) that hardly depends on how many commands it
 carries. `CoalescingStore` lets at most `max_calls` ingest calls run at once; a chunk that
 comes while they run waits, and the next call carries every chunk waiting by then (up to
-`max_commands`), in the order they came. There is no timer: a chunk waits only while
-`max_calls` calls run, and one that finds a call free goes at once, alone. Nor does a call
-that waiting could not make larger wait: commands that fill one (a drain's full chunks, or
-small ones adding up) go at once beside the running calls, so the limit binds only while the
-calls are small, and a drain calls the database as often as it would without it.
+`max_commands`), in the order they came. A chunk waits only while `max_calls` calls run,
+and one that finds a call free goes at once, alone. Nor does a call that waiting could not
+make larger wait: commands that fill one (a drain's full chunks, or small ones adding up) go
+at once beside the running calls, so the limit binds only while the calls are small, and a
+drain calls the database as often as it would without it. With `max_wait` a chunk waits at
+most that long: then it goes beside the running calls, with the chunks waiting behind it, so
+a call that runs long (its index inserts, a user's locked rows up to the lock timeout) holds
+the small chunks behind it that long at most.
 
 A lane has one chunk in flight at a time, so a partition's commands still reach the database
 in order; chunks of different partitions have no order between them. Each chunk gets exactly
@@ -36,13 +39,15 @@ from worker.domain.errors import PermanentError, TransientError
 Reply = list[ResultObject | PermanentError]
 
 
-@dataclass(slots=True)
+# Compared by identity: finding a chunk in the queue never compares commands.
+@dataclass(slots=True, eq=False)
 class _Chunk:
     commands: Sequence[IngestCommand]
     users: frozenset[UUID]
     reply: asyncio.Future[Reply] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    deadline: asyncio.TimerHandle | None = None
 
 
 class CoalescingStore:
@@ -54,9 +59,11 @@ class CoalescingStore:
         *,
         max_calls: int,
         max_commands: int | Callable[[], int],
+        max_wait: float | None = None,
     ) -> None:
         self._inner = inner
         self._max_calls = max(1, max_calls)
+        self._max_wait = max_wait
         # A number, or how to read it when a call is made (a setting that may change).
         self._max_commands = max_commands if callable(max_commands) else lambda: max_commands
         self._waiting: deque[_Chunk] = deque()
@@ -72,6 +79,10 @@ class CoalescingStore:
         chunk = _Chunk(commands, frozenset(c.user_id for c in commands))
         self._waiting.append(chunk)
         self._start()
+        if self._max_wait is not None and chunk in self._waiting:
+            chunk.deadline = asyncio.get_running_loop().call_later(
+                self._max_wait, self._overdue, chunk
+            )
         # Cancelled while waiting: the chunk is dropped when its turn comes. Cancelled while
         # its call runs: the call goes on for the others; its effects are committed or not,
         # and the records come again either way (the ledger answers a repeat).
@@ -84,13 +95,25 @@ class CoalescingStore:
         return await self._inner.system_config()
 
     def _start(self) -> None:
-        while True:
-            chunks = self._take(full_only=len(self._running) >= self._max_calls)
-            if not chunks:
-                return
-            task = asyncio.create_task(self._call(chunks))
-            self._running.add(task)
-            task.add_done_callback(self._ended)
+        while self._launch(self._take(full_only=len(self._running) >= self._max_calls)):
+            pass
+
+    def _overdue(self, chunk: _Chunk) -> None:
+        """The chunk waited max_wait: it goes now, whatever runs (with the chunks behind it
+        that fit; those before it went when theirs passed)."""
+        if chunk.reply.done():  # its lane was cancelled: nothing to hurry
+            return
+        metrics.DB_OVERDUE_CHUNKS.inc()
+        while chunk in self._waiting and self._launch(self._take(full_only=False)):
+            pass
+
+    def _launch(self, chunks: list[_Chunk]) -> bool:
+        if not chunks:
+            return False
+        task = asyncio.create_task(self._call(chunks))
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+        return True
 
     def _take(self, *, full_only: bool) -> list[_Chunk]:
         """The waiting chunks, oldest first, up to max_commands (but at least one); a chunk
@@ -101,7 +124,7 @@ class CoalescingStore:
         most = max(1, self._max_commands())
         for chunk in list(self._waiting):
             if chunk.reply.done():  # its lane was cancelled
-                self._waiting.remove(chunk)
+                self._dequeue(chunk)
                 continue
             if not self._contended.isdisjoint(chunk.users):
                 if taken:
@@ -116,8 +139,13 @@ class CoalescingStore:
         if full_only and size < most:
             return []
         for chunk in taken:
-            self._waiting.remove(chunk)
+            self._dequeue(chunk)
         return taken
+
+    def _dequeue(self, chunk: _Chunk) -> None:
+        self._waiting.remove(chunk)
+        if chunk.deadline is not None:
+            chunk.deadline.cancel()
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         "go at once whatever runs, so a drain calls as often as without a limit. 0: no "
         "limit, each lane calls on its own.",
     )
+    db_max_wait_ms: int = Field(
+        50,
+        ge=1,
+        validation_alias=_env("CAPTURE_DB_MAX_WAIT_MS"),
+        description="With CAPTURE_DB_MAX_CALLS: how long a chunk waits at most for the running "
+        "calls; then it goes beside them, with the chunks waiting behind it. So a call that "
+        "runs long (an index's inserts, a user's locked rows) holds the other lanes this long "
+        "at most.",
+    )
     db_lock_timeout_ms: int = Field(
         2000,
         ge=0,

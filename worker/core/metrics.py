@@ -85,3 +85,9 @@ DB_CHUNKS_PER_CALL = Histogram(
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
     registry=REGISTRY,
 )
+DB_OVERDUE_CHUNKS = Counter(
+    "capture_db_overdue_chunks_total",
+    "Lanes' chunks that waited CAPTURE_DB_MAX_WAIT_MS for the running ingest calls and then "
+    "went beside them (often: the calls run long, an index's inserts or locked rows).",
+    registry=REGISTRY,
+)

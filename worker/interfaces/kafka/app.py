@@ -265,6 +265,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
             store = CoalescingStore(
                 store,
                 max_calls=settings.db_max_calls,
+                max_wait=settings.db_max_wait_ms / 1000,
                 max_commands=lambda: db_batch_size(
                     config.peek("worker.db_batch_size", settings.batch_size)
                 ),
