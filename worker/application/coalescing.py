@@ -51,7 +51,8 @@ class _Chunk:
 
 
 class CoalescingStore:
-    """A CaptureStore that runs at most `max_calls` ingest calls at once (see the module)."""
+    """A CaptureStore that runs at most `max_calls` small ingest calls at once, a chunk
+    waiting `max_wait` at most for them (see the module)."""
 
     def __init__(
         self,

@@ -8,11 +8,12 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import numpy as np
 
 from tests.integration.db.test_typed_ingest import mixed_stream, normalise, through_reference
 from tests.support.db_commands import new_id, stream, typed
-from tests.unit.test_coalescing_store import chunks_per_call
+from tests.unit.test_coalescing_store import chunks_per_call, overdue_chunks
 from worker.application.coalescing import CoalescingStore
 from worker.application.ports import ResultObject
 from worker.domain.errors import PermanentError
@@ -99,3 +100,47 @@ async def test_a_chunk_refused_as_a_whole_in_a_shared_call_spares_the_others(
         assert isinstance(reply, list)
         assert Counter(type(r).__name__ for r in reply) == Counter({"dict": 5})
     assert stored == 15
+
+
+async def test_a_call_waiting_for_a_locked_user_holds_the_others_max_wait_at_most(
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """One call at a time, and its user's rows held by another transaction (another worker in
+    a rebalance, a replay): the other lanes' chunks go beside it once they have waited
+    max_wait, while it still waits for the lock."""
+    users = [new_id() for _ in range(2)]
+    commands = stream(np.random.default_rng(23), users=users, per_user=3)
+    locked, free = ([typed(c) for c in commands if c["user_id"] == u] for u in users)
+    url = await fresh_database()
+    holder = await asyncpg.connect(url)
+    # No lock_timeout: the locked call waits for as long as the test holds the lock.
+    pool = await create_pool(url, max_size=2)
+    try:
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock(uuid_hash_extended($1::uuid, 0))", users[0]
+        )
+        store = CoalescingStore(
+            ArtifactRepository(pool), max_calls=1, max_commands=100, max_wait=0.05
+        )
+        overdue_before = overdue_chunks()
+        blocked = asyncio.ensure_future(store.ingest_commands(locked))
+
+        async def waiting_for_the_lock() -> None:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            while not await holder.fetchval(query):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(waiting_for_the_lock(), 30)
+        # Without the bound this would wait for the locked call, that is, forever.
+        replies = await asyncio.wait_for(store.ingest_commands(free), 30)
+        assert [r["command_id"] for r in replies] == [str(c.command_id) for c in free]
+        assert not blocked.done(), "the locked user's call ended before its lock was released"
+        assert overdue_chunks() - overdue_before == 1
+        await hold.rollback()
+        done = await asyncio.wait_for(blocked, 30)
+        assert [r["command_id"] for r in done] == [str(c.command_id) for c in locked]
+    finally:
+        await holder.close()
+        await pool.close()
