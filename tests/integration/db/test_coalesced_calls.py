@@ -13,7 +13,8 @@ import numpy as np
 
 from tests.integration.db.test_typed_ingest import mixed_stream, normalise, through_reference
 from tests.support.db_commands import new_id, stream, typed
-from tests.unit.test_coalescing_store import chunks_per_call, overdue_chunks
+from tests.support.scenario import wait_until
+from tests.unit.test_coalescing_store import chunks_per_call, ids, overdue_chunks
 from worker.application.coalescing import CoalescingStore
 from worker.application.ports import ResultObject
 from worker.domain.errors import PermanentError
@@ -127,20 +128,21 @@ async def test_a_call_waiting_for_a_locked_user_holds_the_others_max_wait_at_mos
         overdue_before = overdue_chunks()
         blocked = asyncio.ensure_future(store.ingest_commands(locked))
 
-        async def waiting_for_the_lock() -> None:
+        async def waiting_for_the_lock() -> bool:
             query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            while not await holder.fetchval(query):
-                await asyncio.sleep(0.01)
+            return bool(await holder.fetchval(query))
 
-        await asyncio.wait_for(waiting_for_the_lock(), 30)
+        await wait_until(
+            waiting_for_the_lock, timeout_s=30, what="the locked user's call waiting", poll_s=0.01
+        )
         # Without the bound this would wait for the locked call, that is, forever.
         replies = await asyncio.wait_for(store.ingest_commands(free), 30)
-        assert [r["command_id"] for r in replies] == [str(c.command_id) for c in free]
+        assert [r["command_id"] for r in replies] == ids(free)
         assert not blocked.done(), "the locked user's call ended before its lock was released"
         assert overdue_chunks() - overdue_before == 1
         await hold.rollback()
         done = await asyncio.wait_for(blocked, 30)
-        assert [r["command_id"] for r in done] == [str(c.command_id) for c in locked]
+        assert [r["command_id"] for r in done] == ids(locked)
     finally:
         await holder.close()
         await pool.close()
