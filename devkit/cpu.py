@@ -150,11 +150,11 @@ class CpuMeter:
             for name, before in start.items()
             if name in end and not name.startswith("core")
         }
-        busy = end["machine"] - start["machine"]
-        report["machine_busy_pct"] = round(100 * busy / (wall_s * (os.cpu_count() or 1)), 1)
+        # Clock ticks (10 ms) against the wall clock: a short phase can read over 100.
+        busy = (end["machine"] - start["machine"]) / (wall_s * (os.cpu_count() or 1))
+        report["machine_busy_pct"] = round(100 * min(1.0, busy), 1)
         for name, before in start.items():
             if name.startswith("core") and name in end:
-                # Clock ticks (10 ms) against the wall clock: a short phase can read over 100.
                 share = min(1.0, (end[name] - before) / wall_s)
                 report[f"{name}_busy_pct"] = round(100 * share, 1)
         return report

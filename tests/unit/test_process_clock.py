@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from devkit.cpu import ProcessClock, run_time_s
+from devkit.cpu import CpuMeter, ProcessClock, run_time_s
 
 
 def _spin(seconds: float) -> None:
@@ -46,3 +46,19 @@ def test_a_process_that_is_gone_has_no_scheduler_sum() -> None:
     child = psutil.Popen(["true"])
     child.wait()
     assert run_time_s(child.pid) is None
+
+
+def test_per_command_shares_the_cores_over_the_window_given_and_never_above_all_of_them() -> None:
+    cores = os.cpu_count() or 1
+    start = {"machine": 10.0, "worker": 1.0, "core0": 5.0}
+    # 1.5 core-seconds of the machine and 0.3 of the worker's over a 1 s window.
+    end = {"machine": 11.5, "worker": 1.3, "core0": 5.75}
+    used = CpuMeter.per_command(start, end, 1000, 1.0)
+    assert used["worker_us"] == 300.0
+    assert used["machine_us"] == 1500.0
+    assert used["machine_busy_pct"] == round(min(100.0, 150.0 / cores), 1)
+    assert used["core0_busy_pct"] == 75.0
+    # Clock ticks of 10 ms against a short window can count more CPU than the cores had.
+    short = CpuMeter.per_command(start, end, 1000, 0.01)
+    assert short["machine_busy_pct"] == 100.0
+    assert short["core0_busy_pct"] == 100.0
