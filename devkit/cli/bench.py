@@ -443,34 +443,48 @@ async def _paced(
     rate: float,
     on_progress: Callable[[int], None],
 ) -> list[int]:
-    """The commands at `rate`, stamped when their turn comes, sent every PACED_FLUSH_S as one
-    record batch per partition, all in one produce request.
+    """The commands at `rate`, stamped when their turn comes; those of PACED_FLUSH_S from the
+    first go together, as one record batch per partition, all in one produce request.
 
     The bench shares the machine it measures. With a `send()` per record each partition's
     batch lingered on a timer of its own: at 1,000/s the bench made ~365 produce requests a
-    second and spent 210-240 µs of CPU per record; this way ~155 and 135-190 (at 5,000/s ~330
-    requests and 57 µs against ~160 and 46), which Kafka and the bench no longer take from
-    the worker and the database. A record's latency starts at its stamp, as before: its wait
-    here (at most PACED_FLUSH_S, where the producer's linger was 5 ms) counts in it.
+    second, and this way ~160 for two thirds of the CPU per record (at 5,000/s ~160 requests
+    against 305-330), which Kafka and the bench no longer take from the worker and the
+    database (alternated runs: the performance history's night round of 2026-12-03). A
+    record's latency starts at its stamp, as before: its wait here (at most PACED_FLUSH_S,
+    where the producer's linger was 5 ms) counts in it.
     """
     partitions = sorted(await producer.partitions_for(topic))
     partitioner = KeyHashPartitioner()  # where send() would put each key
-    bucket = TokenBucket(rate)
     batches: dict[int, BatchBuilder] = {}
     sent: list[asyncio.Future[Any]] = []
     stamps: list[int] = []
+    flush_at = 0.0
 
     async def send(partition: int, batch: BatchBuilder) -> None:
         batch.close()  # complete: aiokafka would hold an open one for its linger
         sent.append(await producer.send_batch(batch, topic, partition=partition))
 
-    flush_at = time.monotonic() + PACED_FLUSH_S
+    async def flush() -> None:
+        for partition, batch in batches.items():
+            await send(partition, batch)
+        batches.clear()
+
+    async def sleep(seconds: float) -> None:
+        """The bucket's wait for the next record: records due to go meanwhile go on time, not
+        with the next record (at 100/s that would be 10 ms late)."""
+        end = time.monotonic() + seconds
+        if batches and flush_at < end:
+            await asyncio.sleep(max(0.0, flush_at - time.monotonic()))
+            await flush()
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+
+    bucket = TokenBucket(rate, sleep=sleep)
     for index, command in enumerate(commands):
         await bucket.take()
-        if time.monotonic() >= flush_at:
-            for partition, batch in batches.items():
-                await send(partition, batch)
-            batches.clear()
+        if batches and time.monotonic() >= flush_at:
+            await flush()
+        if not batches:
             flush_at = time.monotonic() + PACED_FLUSH_S
         value = command.text.encode()
         partition = partitioner(command.key, partitions, partitions)
@@ -486,8 +500,7 @@ async def _paced(
         stamps.append(int(stamped.timestamp))
         if index % 500 == 0:
             on_progress(index)
-    for partition, batch in batches.items():
-        await send(partition, batch)
+    await flush()
     for future in sent:
         await future  # acknowledged by all in-sync replicas, or the failure raised here
     on_progress(len(commands))

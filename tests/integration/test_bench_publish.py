@@ -55,3 +55,20 @@ async def test_paced_records_land_on_their_keys_partition_in_order_with_their_st
     # may go early, and the clock's milliseconds.
     burst = rate / 20
     assert max(stamps) - min(stamps) >= (len(commands) - burst) / rate * 1000 - 5
+
+
+async def test_a_paced_record_goes_within_its_window_not_with_the_next_record(
+    kafka_bootstrap: str, make_topic: MakeTopic
+) -> None:
+    # The broker's clock on each record: how long the bench held it after stamping it.
+    topic = await make_topic(1, suffix="slow", configs={"message.timestamp.type": "LogAppendTime"})
+    commands = [Command(str(uuid.uuid4()), b"user", f"{i:04d}") for i in range(4)]
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+    stamps = await _publish(settings, topic, commands, rate=1.0)  # one a second
+
+    records = await read_all(kafka_bootstrap, topic)
+    assert sorted(int(r.value or b"") for r in records) == [0, 1, 2, 3]
+    for record in records:
+        # Stored in much less than the second until the next record (5 ms and a produce
+        # request, normally; the margin is for a loaded machine).
+        assert record.timestamp - stamps[int(record.value or b"")] < 500
