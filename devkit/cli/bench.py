@@ -68,7 +68,6 @@ import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
-from aiokafka.producer.message_accumulator import BatchBuilder
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -96,6 +95,7 @@ from worker.domain.errors import CaptureError, PermanentError
 from worker.infrastructure.db import create_pool, dsn_with_database
 from worker.infrastructure.kafka_client import (
     KeyHashPartitioner,
+    PartitionBatches,
     connection_options,
     producer_options,
 )
@@ -456,19 +456,9 @@ async def _paced(
     """
     partitions = sorted(await producer.partitions_for(topic))
     partitioner = KeyHashPartitioner()  # where send() would put each key
-    batches: dict[int, BatchBuilder] = {}
-    sent: list[asyncio.Future[Any]] = []
+    batches = PartitionBatches(producer, topic)
     stamps: list[int] = []
     flush_at = 0.0
-
-    async def send(partition: int, batch: BatchBuilder) -> None:
-        batch.close()  # complete: aiokafka would hold an open one for its linger
-        sent.append(await producer.send_batch(batch, topic, partition=partition))
-
-    async def flush() -> None:
-        for partition, batch in batches.items():
-            await send(partition, batch)
-        batches.clear()
 
     async def sleep(seconds: float) -> None:
         """The bucket's wait for the next record: records due to go meanwhile go on time, not
@@ -476,32 +466,22 @@ async def _paced(
         end = time.monotonic() + seconds
         if batches and flush_at < end:
             await asyncio.sleep(max(0.0, flush_at - time.monotonic()))
-            await flush()
+            await batches.send_all()
         await asyncio.sleep(max(0.0, end - time.monotonic()))
 
     bucket = TokenBucket(rate, sleep=sleep)
     for index, command in enumerate(commands):
         await bucket.take()
         if batches and time.monotonic() >= flush_at:
-            await flush()
+            await batches.send_all()
         if not batches:
             flush_at = time.monotonic() + PACED_FLUSH_S
-        value = command.text.encode()
         partition = partitioner(command.key, partitions, partitions)
-        batch = batches.get(partition)
-        stamped = (
-            None if batch is None else batch.append(key=command.key, value=value, timestamp=None)
-        )
-        if stamped is None:  # no batch yet, or it is full: a new one takes any record
-            if batch is not None:
-                await send(partition, batch)
-            batch = batches[partition] = producer.create_batch()
-            stamped = batch.append(key=command.key, value=value, timestamp=None)
-        stamps.append(int(stamped.timestamp))
+        stamps.append(await batches.append(partition, command.key, command.text.encode()))
         if index % 500 == 0:
             on_progress(index)
-    await flush()
-    for future in sent:
+    await batches.send_all()
+    for future in batches.sent:
         await future  # acknowledged by all in-sync replicas, or the failure raised here
     on_progress(len(commands))
     return stamps

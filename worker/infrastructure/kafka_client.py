@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from worker.application.ports import Envelope
 from worker.core.config import Settings
@@ -82,3 +84,53 @@ def envelopes(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Envelope]:
     return [
         Envelope(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in records
     ]
+
+
+class PartitionBatches:
+    """Records to one topic as one record batch per partition, sent by `send_all` (or when
+    full): a record batch per partition and request, where a `send()` per record cost aiokafka
+    a coroutine, a partition lookup, a future and its callback each, and lingered each
+    partition's batch on a timer of its own. `sent` holds a future per batch sent.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._open: dict[int, BatchBuilder] = {}
+        self.sent: list[asyncio.Future[Any]] = []
+
+    def __bool__(self) -> bool:
+        """Records appended and not sent yet."""
+        return bool(self._open)
+
+    async def append(
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> int:
+        """Add a record to `partition`'s batch; its timestamp (ms), stamped now."""
+        header_list = list(headers or ())
+        batch = self._open.get(partition)
+        if batch is not None:
+            stamped = batch.append(key=key, value=value, timestamp=None, headers=header_list)
+            if stamped is not None:
+                return int(stamped.timestamp)
+            # Full (max_batch_size, and so closed): send it, and go on in a new one.
+            await self._send(partition, batch)
+        # A new batch takes its first record whatever its size, as send() does.
+        batch = self._open[partition] = self._producer.create_batch()
+        stamped = batch.append(key=key, value=value, timestamp=None, headers=header_list)
+        return int(stamped.timestamp)
+
+    async def send_all(self) -> None:
+        for partition, batch in self._open.items():
+            await self._send(partition, batch)
+        self._open.clear()
+
+    async def _send(self, partition: int, batch: BatchBuilder) -> None:
+        # Complete: aiokafka holds an open batch for the producer's linger (meant for send()
+        # to fill it), ~5 ms on every record; a closed one goes with the next request.
+        batch.close()
+        self.sent.append(await self._producer.send_batch(batch, self._topic, partition=partition))

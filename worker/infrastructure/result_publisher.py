@@ -9,14 +9,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from contracts import headers as dlq_headers
 from worker.application.capture import Outcome, result_bytes
 from worker.core import metrics, tracing
 from worker.core.logging import debug_enabled, get_logger
 from worker.domain.errors import TransientError
-from worker.infrastructure.kafka_client import KeyHashPartitioner
+from worker.infrastructure.kafka_client import KeyHashPartitioner, PartitionBatches
 
 log = get_logger(__name__)
 
@@ -90,30 +89,20 @@ class OutcomePublisher:
         """
         topic = self._results_topic
         partitions = sorted(await self._producer.partitions_for(topic))
-        batches: dict[int, BatchBuilder] = {}
-        sent: list[asyncio.Future[Any]] = []
+        batches = PartitionBatches(self._producer, topic)
         for outcome in outcomes:
             if outcome.result is None:
                 continue
             key = str(outcome.user_id).encode() if outcome.user_id else outcome.envelope.key
-            value = result_bytes(outcome.result)
-            headers = tracing.result_headers(outcome.envelope)
             partition = self._partitioner(key, partitions, partitions)
-            batch = batches.get(partition)
-            if batch is not None:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is not None:
-                    continue
-                # Full (max_batch_size, and so closed): send it, and go on in a new one.
-                sent.append(await self._producer.send_batch(batch, topic, partition=partition))
-            # A new batch takes its first record whatever its size, as send() does.
-            batch = batches[partition] = self._producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None, headers=headers)
-        for partition, batch in batches.items():
-            # Complete: aiokafka holds an open batch for the producer's linger (meant for
-            # send() to fill it), ~5 ms on every result; a closed one goes with the next request.
-            batch.close()
-            sent.append(await self._producer.send_batch(batch, topic, partition=partition))
-        return sent
+            await batches.append(
+                partition,
+                key,
+                result_bytes(outcome.result),
+                tracing.result_headers(outcome.envelope),
+            )
+        await batches.send_all()
+        return batches.sent
 
     async def _send_dlq(self, outcome: Outcome) -> asyncio.Future[Any]:
         env = outcome.envelope
