@@ -111,17 +111,16 @@ class PartitionBatches:
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> int:
         """Add a record to `partition`'s batch; its timestamp (ms), stamped now."""
-        header_list = list(headers or ())
         batch = self._open.get(partition)
         if batch is not None:
-            stamped = batch.append(key=key, value=value, timestamp=None, headers=header_list)
+            stamped = batch.append(key=key, value=value, timestamp=None, headers=headers)
             if stamped is not None:
                 return int(stamped.timestamp)
             # Full (max_batch_size, and so closed): send it, and go on in a new one.
             await self._send(partition, batch)
         # A new batch takes its first record whatever its size, as send() does.
         batch = self._open[partition] = self._producer.create_batch()
-        stamped = batch.append(key=key, value=value, timestamp=None, headers=header_list)
+        stamped = batch.append(key=key, value=value, timestamp=None, headers=headers)
         return int(stamped.timestamp)
 
     async def send_all(self) -> None:
