@@ -122,6 +122,8 @@ async def replay(
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=settings.record_room_bytes,
+        # The worker's view of the topic: aborted transactions' commands were never ingested.
+        isolation_level="read_committed",
     )
     producer = None
     try:

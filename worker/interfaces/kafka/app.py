@@ -342,6 +342,10 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         # then fetches 50 times a second (worker and broker ~2 % of a core more than at 50 ms).
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         fetch_min_bytes=settings.fetch_min_bytes,
+        # A producer's transaction that aborts takes its commands back: never ingest them,
+        # nor a transaction's commands before it commits. Non-transactional producers' records
+        # are read as before (the stable offset is then the high-water mark).
+        isolation_level="read_committed",
         parser=_safe_parser,
         decoder=_no_decode,
         title="capture-commands",

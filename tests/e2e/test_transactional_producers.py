@@ -1,0 +1,112 @@
+"""Commands from transactional producers: what a transaction aborted is never ingested, by the
+worker or by a replay; what it committed is, in the log's order."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from tests.e2e.test_replay_cli import cli, last_json
+from tests.fixtures.workers import WorkerSetup
+from tests.support.kafka import produce, read_all, wait_for_count
+from tests.support.streams import make_stream, reference_digest
+
+
+def ids(lines: Sequence[str]) -> set[str]:
+    return {json.loads(line)["command_id"] for line in lines}
+
+
+async def in_transaction(bootstrap: str, topic: str, lines: Sequence[str], *, commit: bool) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"cw-test-{uuid.uuid4().hex}",
+        enable_idempotence=True,
+        acks="all",
+        max_request_size=4 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        futures = [
+            await producer.send(
+                topic, value=line.encode(), key=json.loads(line)["user_id"].encode()
+            )
+            for line in lines
+        ]
+        for future in futures:
+            await future
+        if commit:
+            await producer.commit_transaction()
+        else:
+            await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
+async def test_aborted_commands_are_never_ingested_committed_ones_are(
+    worker_setup: WorkerSetup, kafka_bootstrap: str, fresh_database: Callable[[], Awaitable[str]]
+) -> None:
+    # One user: one partition, so the aborted records lie before the committed ones in the log.
+    lines = make_stream(60, users=1, seed=29).valid
+    aborted, committed, plain = lines[:20], lines[20:40], lines[40:]
+    kept = [*committed, *plain]
+    # The generator repeats a command now and then (a producer's retry): an id that also comes
+    # in a kept record is ingested by that one.
+    never = ids(aborted) - ids(kept)
+    assert never
+    await in_transaction(kafka_bootstrap, worker_setup.commands, aborted, commit=False)
+    await in_transaction(kafka_bootstrap, worker_setup.commands, committed, commit=True)
+    await produce(
+        kafka_bootstrap,
+        worker_setup.commands,
+        [(json.loads(line)["user_id"].encode(), line.encode()) for line in plain],
+    )
+    worker = worker_setup.start()
+    worker.wait_ready()
+
+    # The last plain command's result comes after every record before it was handled.
+    await wait_for_count(kafka_bootstrap, worker_setup.results, len(kept), timeout_s=120)
+    assert worker.terminate() == 0
+    results = [
+        json.loads(r.value or b"{}") for r in await read_all(kafka_bootstrap, worker_setup.results)
+    ]
+    assert len(results) == len(kept)
+    assert {r["command_id"] for r in results} == ids(kept)
+    assert {r["status"] for r in results} == {"ingested"}
+    assert await read_all(kafka_bootstrap, worker_setup.dlq) == []
+    conn = await asyncpg.connect(worker_setup.database_url)
+    try:
+        ledger = {
+            str(x)
+            for x in await conn.fetchval("SELECT array_agg(command_id) FROM capture.command_ledger")
+        }
+    finally:
+        await conn.close()
+    assert ledger == ids(kept) and not ledger & never
+
+    # The database holds exactly what the kept commands alone produce, and a replay of the
+    # topic into an empty database reads the worker's view of it.
+    reference = await reference_digest(await fresh_database(), kept)
+    live = cli(worker_setup.env, "digest", "--format", "json")
+    assert live.returncode == 0, live.stderr
+    assert last_json(live.stdout)["digest"] == reference
+    target = await fresh_database()
+    replay = cli(
+        worker_setup.env,
+        "replay",
+        "--from-beginning",
+        "--reset",
+        "--yes",
+        "--database-url",
+        target,
+        "--format",
+        "json",
+    )
+    assert replay.returncode == 0, replay.stderr
+    summary = last_json(replay.stdout)
+    assert summary["digest"] == reference
+    assert summary["messages"] == len(kept)
