@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def _busy(times: Any) -> float:  # psutil's scputimes
 class CpuMeter:
     """CPU seconds of the worker, PostgreSQL, Kafka and the machine between two samples."""
 
-    worker_pid: int
+    #: The worker's processes (several with the bench's `--workers`), counted together.
+    workers: Sequence[int]
     postmaster: int | None
     kafka: list[int]
     #: Also this process (without its children): the bench's own publisher and reader.
@@ -126,7 +128,7 @@ class CpuMeter:
         for core, times in enumerate(psutil.cpu_times(percpu=True)):
             seconds[f"core{core}"] = _busy(times)
         parts: list[tuple[str, list[int], bool]] = [
-            ("worker", [self.worker_pid], False),
+            ("worker", list(self.workers), False),
             ("postgresql", [self.postmaster] if self.postmaster else [], True),
             ("kafka", self.kafka, False),
         ]

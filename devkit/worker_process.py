@@ -170,3 +170,49 @@ def metric_sum(body: str, name: str, labels: str = "") -> float:
         if line.startswith(name) and (line[len(name)] in "{ ") and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@dataclass
+class WorkerGroup:
+    """Worker processes of one consumer group, started and stopped together (the bench's
+    `--workers`): each takes its share of the partitions."""
+
+    processes: list[WorkerProcess]
+
+    def start(self) -> WorkerGroup:
+        for process in self.processes:
+            process.start()
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.processes if p.proc is not None]
+
+    @property
+    def peak_rss(self) -> int:
+        """The largest peak of one process."""
+        return max((p.peak_rss for p in self.processes), default=0)
+
+    @property
+    def total_peak_rss(self) -> int:
+        """The processes' peaks added up: at most what they held together."""
+        return sum(p.peak_rss for p in self.processes)
+
+    async def watch_rss(self, interval_s: float = 0.05) -> None:
+        await asyncio.gather(*(p.watch_rss(interval_s) for p in self.processes))
+
+    def alive(self) -> None:
+        for process in self.processes:
+            process.alive()
+
+    async def wait_ready_async(self, timeout_s: float = 60.0) -> float:
+        """When the last of them turned ready (see WorkerProcess.wait_ready)."""
+        ready = await asyncio.gather(*(p.wait_ready_async(timeout_s) for p in self.processes))
+        return max(ready)
+
+    def metrics(self) -> str:
+        """Every process's /metrics, one after the other: `metric_sum` adds them up."""
+        return "\n".join(p.metrics() for p in self.processes)
+
+    async def stop(self, timeout_s: float = 60.0) -> None:
+        await asyncio.gather(*(p.stop(timeout_s) for p in self.processes))

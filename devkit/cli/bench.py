@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -86,7 +87,7 @@ from devkit.ports import free_port
 from devkit.records import Command, commands_of
 from devkit.stack.process import StackError
 from devkit.synthetic import generate_lines
-from devkit.worker_process import WorkerExited, WorkerProcess, metric_sum
+from devkit.worker_process import WorkerExited, WorkerGroup, WorkerProcess, metric_sum
 from worker.application.capture import ingest_command
 from worker.application.ports import IngestCommand, ResultObject
 from worker.core.config import Settings, get_settings
@@ -141,6 +142,8 @@ class BenchOptions:
     peer_tasks: tuple[int, ...] = ()
     #: Cores of PostgreSQL's own for the run, from its first phase (devkit/affinity.py); 0: shared.
     database_cores: int = 0
+    #: Worker processes in e2e and the latency phases, one consumer group.
+    workers: int = 1
 
 
 def split_by_partition(commands: Sequence[Command], partitions: int) -> list[list[Command]]:
@@ -432,6 +435,80 @@ async def _publish(
         await producer.stop()
 
 
+@asynccontextmanager
+async def _held_back(
+    settings: Settings,
+    topic: str,
+    commands: Sequence[Command],
+    *,
+    group: str,
+    members: int,
+    on_progress: Callable[[int], None] = lambda _: None,
+) -> AsyncIterator[Callable[[], Awaitable[float]]]:
+    """Publish `commands` in one transaction left open, and yield what commits it.
+
+    The worker reads committed records only: its processes can start, join their group and
+    take their partitions while the stream waits in the log unseen. Started on a stream in
+    plain sight, the first process to join would take every partition and drain most of it
+    before the group had rebalanced to the others (a member learns of a rebalance at its next
+    heartbeat, 3 s). The function yielded waits for the group to be stable with `members`
+    members, commits, and returns the time it began to (the start of the drain).
+    """
+    producer = AIOKafkaProducer(
+        **producer_options(settings),
+        transactional_id=f"cw-bench-{uuid.uuid4().hex}",
+        transaction_timeout_ms=HELD_BACK_TIMEOUT_MS,
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for index, command in enumerate(commands):
+            await producer.send(topic, command.text.encode(), key=command.key)
+            if index % 500 == 0:
+                on_progress(index)
+        await producer.flush()
+        on_progress(len(commands))
+
+        async def release() -> float:
+            await _wait_for_group(settings, group, members)
+            began = time.time()
+            await producer.commit_transaction()
+            return began
+
+        yield release
+    finally:
+        await producer.stop()  # a transaction still open is aborted by its timeout
+
+
+#: How long the bench's held-back stream may stay uncommitted (workers starting, a rebalance).
+HELD_BACK_TIMEOUT_MS = 300_000
+#: How long a group of workers may take to settle on its members.
+GROUP_TIMEOUT_S = 120.0
+
+
+async def _wait_for_group(settings: Settings, group: str, members: int) -> None:
+    """Until `group` is stable with `members` members (each then holds its partitions)."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        deadline = time.monotonic() + GROUP_TIMEOUT_S
+        seen: tuple[str, int] = ("", 0)
+        while time.monotonic() < deadline:
+            for response in await admin.describe_consumer_groups([group]):
+                # DescribeGroups: (error, group, state, protocol type, protocol, members, ...)
+                for described in response.groups:
+                    seen = (described[2], len(described[5]))
+            if seen == ("Stable", members):
+                return
+            await asyncio.sleep(0.05)
+        raise BenchError(
+            f"group {group}: {seen[0] or 'unknown'} with {seen[1]} members, "
+            f"not stable with {members} in {GROUP_TIMEOUT_S:.0f} s"
+        )
+    finally:
+        await admin.close()
+
+
 #: How long a paced record waits in the bench for the others of its request (as a linger).
 PACED_FLUSH_S = 0.005
 
@@ -587,23 +664,31 @@ async def bench_kafka(
 
 
 async def bench_e2e(
-    worker: WorkerProcess,
+    worker: WorkerGroup,
     reader: TopicReader,
     *,
     total: int,
     phases: Phases,
     postmaster: int | None,
     label: str = "",
+    release: Callable[[], Awaitable[float]] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """The worker's rate on the waiting stream, and the CPU each part spent per command."""
-    task = phases.start(f"e2e      the worker process{label}", total)
-    proc = worker.start().proc
-    assert proc is not None
+    """The worker's rate on the waiting stream, and the CPU each part spent per command.
+
+    With `release`, the stream is held back until it is called (it returns when it let the
+    stream go): several processes first form their group, then drain.
+    """
+    n = len(worker.processes)
+    what = "the worker process" if n == 1 else f"{n} worker processes"
+    task = phases.start(f"e2e      {what}{label}", total)
+    worker.start()
     watcher = asyncio.ensure_future(worker.watch_rss())
     try:
         started = await worker.wait_ready_async()
-        meter = cpu.CpuMeter(proc.pid, postmaster, cpu.kafka_pids(), own=True)
+        meter = cpu.CpuMeter(worker.pids, postmaster, cpu.kafka_pids(), own=True)
         before = meter.sample()
+        if release is not None:
+            started = await release()
         await _wait_for_count(reader, total, phases=phases, task=task, alive=worker.alive)
         after = meter.sample()
     finally:
@@ -620,7 +705,7 @@ async def bench_e2e(
 
 async def bench_latency(
     settings: Settings,
-    worker: WorkerProcess,
+    worker: WorkerGroup,
     reader: TopicReader,
     commands: Sequence[Command],
     *,
@@ -637,8 +722,7 @@ async def bench_latency(
     task = phases.start(f"latency  {rate:,.0f}/s steady", len(commands))
     base_offsets = await reader.end_offsets()
     base = sum(base_offsets.values())
-    assert worker.proc is not None
-    meter = cpu.CpuMeter(worker.proc.pid, postmaster, cpu.kafka_pids(), own=True)
+    meter = cpu.CpuMeter(worker.pids, postmaster, cpu.kafka_pids(), own=True)
     before_counts = _histograms(worker.metrics())
     before = meter.sample()
     started = time.time()
@@ -934,6 +1018,8 @@ class Round:
     #: The peer's rates by its number of tasks, warm and cold (empty without --peer).
     peer_per_s: dict[int, float] = field(default_factory=dict)
     peer_cold_per_s: dict[int, float] = field(default_factory=dict)
+    #: With several worker processes, their peaks added up.
+    workers_peak_rss: int = 0
 
     @property
     def ratio(self) -> float:
@@ -988,6 +1074,13 @@ async def run_bench(
             await resources.make_topics(f"results{r}", f"dlq{r}", log_append_time=True)
             for r in range(options.rounds)
         ]
+        # Several worker processes read a stream of their own each round, held back in a
+        # transaction until their group has formed (_held_back).
+        held_topics = (
+            [(await resources.make_topics(f"commands{r}"))[0] for r in range(options.rounds)]
+            if options.workers > 1
+            else []
+        )
         machine = await _machine(settings, sql_urls[0])
         postmaster = await cpu.postmaster_pid(resources.admin_dsn)
         machine["cpu_split"] = split.report() if split else None
@@ -1082,38 +1175,73 @@ async def run_bench(
                     peer_rates[tasks] = measured.per_s
                     peer_cold[tasks] = measured.cold_per_s
             results, dlq = e2e_topics[r]
-            worker = WorkerProcess(
-                env={
-                    "DATABASE_URL": e2e_urls[r],
-                    # The bench's databases are its own, made and dropped as the admin; the
-                    # worker's rights do not change what is measured.
-                    "CAPTURE_ALLOW_SUPERUSER": "1",
-                    "CAPTURE_COMMANDS_TOPIC": commands_topic,
-                    "CAPTURE_RESULTS_TOPIC": results,
-                    "CAPTURE_DLQ_TOPIC": dlq,
-                    "CAPTURE_CONSUMER_GROUP": f"cw-bench-e2e{r}-{resources.run_id}",
-                    "CAPTURE_BATCH_SIZE": str(options.batch),
-                    "CAPTURE_EMBEDDING_DIM": str(options.dim),
-                },
-                log_path=Path(log_dir) / f"worker{r}.log",
-                http_port=free_port(),
+            group = f"cw-bench-e2e{r}-{resources.run_id}"
+            round_commands = held_topics[r] if held_topics else commands_topic
+            env = {
+                "DATABASE_URL": e2e_urls[r],
+                # The bench's databases are its own, made and dropped as the admin; the
+                # worker's rights do not change what is measured.
+                "CAPTURE_ALLOW_SUPERUSER": "1",
+                "CAPTURE_COMMANDS_TOPIC": round_commands,
+                "CAPTURE_RESULTS_TOPIC": results,
+                "CAPTURE_DLQ_TOPIC": dlq,
+                "CAPTURE_CONSUMER_GROUP": group,
+                "CAPTURE_BATCH_SIZE": str(options.batch),
+                "CAPTURE_EMBEDDING_DIM": str(options.dim),
+            }
+            worker = WorkerGroup(
+                [
+                    WorkerProcess(
+                        env=env,
+                        log_path=Path(log_dir) / f"worker{r}-{k}.log",
+                        http_port=free_port(),
+                    )
+                    for k in range(options.workers)
+                ]
             )
             stack.push_async_callback(worker.stop)
             reader = TopicReader(settings, results)
             await reader.start()
             stack.push_async_callback(reader.stop)
-            await settle()
-            e2e, cpu_us = await bench_e2e(
-                worker,
-                reader,
-                total=options.messages,
-                phases=phases,
-                postmaster=postmaster,
-                label=label(r),
-            )
+            async with AsyncExitStack() as round_stack:
+                release = None
+                if held_topics:
+                    held = phases.start(
+                        f"publish  held back for the group{label(r)}", options.messages
+                    )
+                    release = await round_stack.enter_async_context(
+                        _held_back(
+                            settings,
+                            round_commands,
+                            commands,
+                            group=group,
+                            members=options.workers,
+                            on_progress=functools.partial(phases.update, held),
+                        )
+                    )
+                    phases.done(held)
+                await settle()
+                e2e, cpu_us = await bench_e2e(
+                    worker,
+                    reader,
+                    total=options.messages,
+                    phases=phases,
+                    postmaster=postmaster,
+                    label=label(r),
+                    release=release,
+                )
             same_state = await _digest(e2e_urls[r]) == sql_digest
             rounds.append(
-                Round(b_sql, e2e, same_state, worker.peak_rss, cpu_us, peer_rates, peer_cold)
+                Round(
+                    b_sql,
+                    e2e,
+                    same_state,
+                    worker.peak_rss,
+                    cpu_us,
+                    peer_rates,
+                    peer_cold,
+                    workers_peak_rss=worker.total_peak_rss,
+                )
             )
             if r < options.rounds - 1:
                 await worker.stop()
@@ -1139,7 +1267,7 @@ async def run_bench(
             await settle()
             # The last round's worker, idle now, on the same topics.
             phase = await bench_latency(
-                worker_settings,
+                worker_settings.model_copy(update={"commands_topic": round_commands}),
                 worker,
                 reader,
                 latency_commands,
@@ -1209,8 +1337,11 @@ async def run_bench(
             if all(key in x.cpu_us for x in rounds)
         },
         "peer": _peer_report(rounds, peer_tasks) if workload else None,
-        # The worker's largest RSS while the whole stream was waiting for it (e2e).
+        # The worker's largest RSS while the whole stream was waiting for it (e2e): of one
+        # process, and with several, their peaks added up.
         "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
+        "workers": options.workers,
+        "workers_peak_rss_mib": round(max(x.workers_peak_rss for x in rounds) / 2**20, 1),
         "worker_settings": {
             "batch_size": options.batch,
             "max_poll_records": settings.max_poll_records,
@@ -1278,7 +1409,12 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_column("what it is")
     table.add_row("b_sql", f"{report['b_sql_per_s']:,.0f}", "asyncpg → ingest_typed, P streams")
     table.add_row("b_kafka", f"{report['b_kafka_per_s']:,.0f}", "worker path, no database")
-    table.add_row("e2e", f"{report['e2e_per_s']:,.0f}", "the worker process")
+    workers = report.get("workers", 1)
+    table.add_row(
+        "e2e",
+        f"{report['e2e_per_s']:,.0f}",
+        "the worker process" if workers == 1 else f"{workers} worker processes, one group",
+    )
     table.add_row(
         "naive",
         f"{report['naive_per_s']:,.0f}",
@@ -1316,6 +1452,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"e2e/naive [bold]{ratios['e2e/naive']:.1f}[/]"
         f"   same state as b_sql: {'yes' if report['same_state'] else '[red]NO[/]'}"
         f"   worker peak RSS during e2e [bold]{report['worker_peak_rss_mib']:,.0f}[/] MiB"
+        + (
+            f" (each; {workers} together at most {report['workers_peak_rss_mib']:,.0f} MiB)"
+            if workers > 1
+            else ""
+        )
     )
     console.print(f"CPU per command during e2e: {_cpu_parts(report['e2e_cpu'])}")
     if len(report["latency_by_rate"]) == 1:
@@ -1546,6 +1687,16 @@ def register(app: typer.Typer) -> None:
                 "machine (0: every part shares every core).",
             ),
         ] = 0,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Worker processes in e2e and the latency phases, one consumer group: a "
+                "process per core uses the cores a single event loop leaves idle. With more "
+                "than one, each round's stream is held back in a transaction until the group "
+                "has formed.",
+            ),
+        ] = 1,
         fmt: Annotated[
             BenchFormat,
             typer.Option("--format", help="A table, or one JSON object on the last line."),
@@ -1576,6 +1727,7 @@ def register(app: typer.Typer) -> None:
             peer=peer_name,
             peer_tasks=tuple(peer_tasks or ()),
             database_cores=database_cores,
+            workers=workers,
         )
         try:
             report = asyncio.run(

@@ -165,7 +165,9 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
     """`--peer debezium-jdbc`: Kafka Connect runs the sink on the same commands, every row lands
     (the phase waits for all of them), and the report pairs its rate with the worker's.
 
-    With `--database-cores 1`: PostgreSQL on a core of its own for the run, then back on all."""
+    With `--database-cores 1`: PostgreSQL on a core of its own for the run, then back on all.
+    With `--workers 2`: two worker processes in one group drain the stream, which the bench
+    holds back in a transaction until their group has formed."""
     postmaster = await cpu.postmaster_pid(pg_admin_url)
     assert postmaster is not None, "the stack's PostgreSQL must run on this machine"
     cores = sorted(os.sched_getaffinity(postmaster))
@@ -181,10 +183,14 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         "--peer-tasks", "2",
         "--peer-tasks", "1",
         "--database-cores", "1",
+        "--workers", "2",
         settings={"CAPTURE_DB_MAX_CALLS": "2", "CAPTURE_DB_MAX_WAIT_MS": "20"},
     )  # fmt: skip
 
+    # Both processes together ingested every command once: the state PostgreSQL alone made.
     assert report["same_state"] is True
+    assert report["workers"] == 2
+    assert report["workers_peak_rss_mib"] > report["worker_peak_rss_mib"] > 0
     # The worker ran with the setting given to the bench, and counted its calls' chunks.
     assert report["worker_settings"]["db_max_calls"] == 2
     assert report["worker_settings"]["db_max_wait_ms"] == 20
