@@ -420,19 +420,29 @@ async def _publish(
     try:
         if rate:
             return await _paced(producer, topic, commands, rate, on_progress)
-        futures = []
-        for index, command in enumerate(commands):
-            futures.append(await producer.send(topic, command.text.encode(), key=command.key))
-            if index % 500 == 0:
-                on_progress(index)
-        # Every batch on its way first: one gather over every future queued a callback each on
-        # the event loop while the last batch waited in the producer.
-        await producer.flush()
-        metadata = [await future for future in futures]
-        on_progress(len(commands))
-        return [int(m.timestamp) for m in metadata]
+        return await _send_all(producer, topic, commands, on_progress)
     finally:
         await producer.stop()
+
+
+async def _send_all(
+    producer: AIOKafkaProducer,
+    topic: str,
+    commands: Sequence[Command],
+    on_progress: Callable[[int], None],
+) -> list[int]:
+    """Send every command as fast as the producer takes them; each record's timestamp (ms)."""
+    futures = []
+    for index, command in enumerate(commands):
+        futures.append(await producer.send(topic, command.text.encode(), key=command.key))
+        if index % 500 == 0:
+            on_progress(index)
+    # Every batch on its way first: one gather over every future queued a callback each on
+    # the event loop while the last batch waited in the producer.
+    await producer.flush()
+    metadata = [await future for future in futures]
+    on_progress(len(commands))
+    return [int(m.timestamp) for m in metadata]
 
 
 @asynccontextmanager
@@ -462,12 +472,7 @@ async def _held_back(
     await producer.start()
     try:
         await producer.begin_transaction()
-        for index, command in enumerate(commands):
-            await producer.send(topic, command.text.encode(), key=command.key)
-            if index % 500 == 0:
-                on_progress(index)
-        await producer.flush()
-        on_progress(len(commands))
+        await _send_all(producer, topic, commands, on_progress)
 
         async def release() -> float:
             await _wait_for_group(settings, group, members)
