@@ -1,14 +1,17 @@
 """Commands from transactional producers: what a transaction aborted is never ingested, by the
-worker or by a replay; what it committed is, in the log's order."""
+worker or by a replay; what it committed is, in the log's order; and the group's offsets reach
+the end of a partition whose log ends with a transaction's marker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.e2e.test_replay_cli import cli, last_json
 from tests.fixtures.workers import WorkerSetup
@@ -110,3 +113,69 @@ async def test_aborted_commands_are_never_ingested_committed_ones_are(
     summary = last_json(replay.stdout)
     assert summary["digest"] == reference
     assert summary["messages"] == len(kept)
+
+
+async def status_once(env: dict[str, str]) -> dict[str, Any]:
+    done = await asyncio.to_thread(cli, env, "status", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return last_json(done.stdout)
+
+
+async def wait_for_no_lag(env: dict[str, str], *, timeout_s: float = 90) -> dict[str, Any]:
+    """`status` until the group's committed offsets reach every partition's end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    status = await status_once(env)
+    while status["lag"] != 0 and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        status = await status_once(env)
+    assert status["lag"] == 0, status["partitions"]
+    return status
+
+
+async def test_the_group_commits_past_a_transactions_marker(
+    worker_setup: WorkerSetup, kafka_bootstrap: str
+) -> None:
+    # One user: one partition, whose log ends with a marker after each transaction.
+    lines = make_stream(15, users=1, seed=31, duplicates=0).valid
+    committed, aborted = lines[:10], lines[10:]
+    await in_transaction(kafka_bootstrap, worker_setup.commands, committed, commit=True)
+    worker = worker_setup.start()
+    worker.wait_ready()
+    await wait_for_count(kafka_bootstrap, worker_setup.results, len(committed), timeout_s=120)
+    status = await wait_for_no_lag(worker_setup.env)
+    ends = {p["partition"]: p["end"] for p in status["partitions"]}
+    (partition,) = (p for p, end in ends.items() if end)
+    assert ends[partition] == len(committed) + 1  # the commit marker's offset
+
+    # A transaction aborted at the end of the log: its records and its marker are passed too.
+    await in_transaction(kafka_bootstrap, worker_setup.commands, aborted, commit=False)
+    status = await wait_for_no_lag(worker_setup.env)
+    assert {p["partition"]: p["end"] for p in status["partitions"]}[partition] == len(lines) + 2
+    assert worker.metric("capture_consumer_lag") == 0
+    assert worker.terminate() == 0
+
+    # A group whose offset stops at a marker (as a worker before this left it) is moved past
+    # it by the next worker to start, though no record comes.
+    tp = TopicPartition(worker_setup.commands, partition)
+    group = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=worker_setup.env["CAPTURE_CONSUMER_GROUP"],
+        enable_auto_commit=False,
+    )
+    await group.start()
+    try:
+        group.assign([tp])
+        await group.commit({tp: len(lines) + 1})
+    finally:
+        await group.stop()
+    assert (await status_once(worker_setup.env))["lag"] == 1
+    restarted = worker_setup.start()
+    restarted.wait_ready()
+    await wait_for_no_lag(worker_setup.env)
+    assert restarted.terminate() == 0
+
+    results = await read_all(kafka_bootstrap, worker_setup.results)
+    assert [json.loads(r.value or b"{}")["command_id"] for r in results] == [
+        json.loads(line)["command_id"] for line in committed
+    ]

@@ -52,6 +52,7 @@ from worker.interfaces.http import Health
 from worker.interfaces.kafka.consumer import OffsetCommitter, PartitionHold, PartitionLanes
 from worker.interfaces.kafka.runner import PartitionRunner
 from worker.interfaces.kafka.security import broker_security
+from worker.interfaces.kafka.skipped import SkippedOffsets
 
 log = get_logger(__name__)
 
@@ -324,7 +325,9 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         apply_types=False,
     )
 
-    @broker.subscriber(
+    # Set up once the subscriber exists: it makes its consumer when it starts.
+    skipped = SkippedOffsets(committer, lambda: subscriber.consumer)
+    subscriber = broker.subscriber(
         settings.commands_topic,
         batch=True,
         group_id=settings.consumer_group,
@@ -346,11 +349,15 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         # nor a transaction's commands before it commits. Non-transactional producers' records
         # are read as before (the stable offset is then the high-water mark).
         isolation_level="read_committed",
+        # Commits past a transaction's marker when a partition ends with one (skipped.py).
+        listener=skipped,
         parser=_safe_parser,
         decoder=_no_decode,
         title="capture-commands",
         description="CaptureArtifactCommand v1, keyed by user_id.",
     )
+
+    @subscriber
     async def on_commands(body: list[CaptureArtifactCommand]) -> None:
         # `body` is for the AsyncAPI schema only (the decoder hands over an empty
         # list); the handler reads the raw records itself.

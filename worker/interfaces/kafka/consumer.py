@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -80,15 +80,12 @@ async def commit(ack: Callable[[], Awaitable[None]], backoff: Backoff) -> bool:
             await asyncio.sleep(backoff.delay(attempt))
 
 
-def record_lag(consumer: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-    last: dict[tuple[str, int], int] = {}
-    for r in records:
-        last[(r.topic, r.partition)] = r.offset
-    for (topic, partition), offset in last.items():
-        highwater = consumer.highwater(TopicPartition(topic, partition))
+def record_lag(consumer: Any, tp: TopicPartition, next_offset: int) -> None:
+    if tp in consumer.assignment():  # its high-water mark is known only while assigned
+        highwater = consumer.highwater(tp)
         if highwater is not None:
-            metrics.CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(
-                max(0, highwater - offset - 1)
+            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, highwater - next_offset)
             )
 
 
@@ -207,12 +204,21 @@ class OffsetCommitter:
     cost every partition a round trip to the group coordinator per batch (~20 ms here, six
     lanes queuing for it), which was a third of a batch's time at a steady rate. Commits are
     at least `interval_s` apart.
+
+    Offsets that hold nothing to handle (`skipped`: a transaction's marker, an aborted
+    transaction's records) are committed past once every record before them is marked, so a
+    partition that ends with a marker shows no lag.
     """
 
     def __init__(self, backoff: Backoff, *, interval_s: float = 0.0) -> None:
         self._backoff = backoff
         self._interval_s = interval_s
         self._pending: dict[TopicPartition, int] = {}
+        # Per partition of the current assignment: every record before this offset is marked.
+        self._marked: dict[TopicPartition, int] = {}
+        # Per partition, the last offsets found to hold nothing, [start, end): only the last
+        # matters, since a partition's lag stays only when its log ends with such offsets.
+        self._skipped: dict[TopicPartition, tuple[int, int]] = {}
         self._consumer: Any = None
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
@@ -220,11 +226,37 @@ class OffsetCommitter:
 
     def mark(self, consumer: Any, tp: TopicPartition, next_offset: int) -> None:
         """Records before `next_offset` are processed and their results acknowledged."""
+        skipped = self._skipped.get(tp)
+        if skipped is not None and skipped[0] <= next_offset:
+            del self._skipped[tp]
+            if skipped[0] == next_offset:
+                next_offset = skipped[1]
+        self._marked[tp] = max(next_offset, self._marked.get(tp, 0))
         self._consumer = consumer
         self._pending[tp] = max(next_offset, self._pending.get(tp, 0))
+        record_lag(consumer, tp, next_offset)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
+
+    def starts_at(self, tp: TopicPartition, offset: int) -> None:
+        """`tp` was just assigned and is fetched from `offset`: the group's committed offset,
+        so every record before it counts as marked."""
+        self._marked[tp] = offset
+        self._skipped.pop(tp, None)
+
+    def skipped(self, consumer: Any, tp: TopicPartition, start: int, end: int) -> None:
+        """A fetch moved `tp` from `start` to `end` without a record to handle."""
+        if self._marked.get(tp) == start:
+            self.mark(consumer, tp, end)
+        elif start > self._marked.get(tp, -1):
+            self._skipped[tp] = (start, end)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """A new assignment: what was marked before it says nothing about where it starts."""
+        for tp in partitions:
+            self._marked.pop(tp, None)
+            self._skipped.pop(tp, None)
 
     async def _run(self) -> None:
         while True:

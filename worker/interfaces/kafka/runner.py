@@ -39,7 +39,6 @@ from worker.interfaces.kafka.consumer import (
     PartitionHold,
     observe_age,
     observe_batch,
-    record_lag,
 )
 
 log = get_logger(__name__)
@@ -187,8 +186,6 @@ class PartitionRunner:
         # This partition's offset only (other partitions' records may be in flight),
         # committed in the background: the partition goes on meanwhile.
         self.committer.mark(consumer, tp, records[-1].offset + 1)
-        if tp in consumer.assignment():  # its high-water mark is known only while assigned
-            record_lag(consumer, records)
         return None
 
     def _hold_if_stalled(

@@ -1,0 +1,188 @@
+"""Offsets with nothing to handle (transaction markers, aborted records): committed past only
+once every record before them is marked. A fake consumer with aiokafka's assignment state
+stands for the broker; the end-to-end case is in tests/e2e/test_transactional_producers.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from tests.support.fakes import FakeConsumer
+from worker.application.retry import Backoff
+from worker.interfaces.kafka.consumer import OffsetCommitter
+from worker.interfaces.kafka.skipped import SkippedOffsets
+
+P0, P1 = (TopicPartition("commands", p) for p in range(2))
+
+
+class Record:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class State:
+    def __init__(self) -> None:
+        self.position: int | None = None
+
+    @property
+    def has_valid_position(self) -> bool:
+        return self.position is not None
+
+
+class Assignment:
+    """aiokafka's: a new object at every rebalance, a state per partition."""
+
+    def __init__(self, tps: set[TopicPartition]) -> None:
+        self.tps = frozenset(tps)
+        self.states = {tp: State() for tp in tps}
+
+    def state_value(self, tp: TopicPartition) -> State | None:
+        return self.states.get(tp)
+
+
+class Subscription:
+    def __init__(self, assignment: Assignment) -> None:
+        self.assignment = assignment
+
+
+class SubscriptionState:
+    def __init__(self, assignment: Assignment) -> None:
+        self.subscription = Subscription(assignment)
+
+
+class FetchingConsumer(FakeConsumer):
+    """Fetches what `fetches` says: each entry, the records returned and the positions after."""
+
+    def __init__(self, tps: set[TopicPartition]) -> None:
+        super().__init__(set(tps))
+        self._subscription = SubscriptionState(Assignment(tps))
+        self.fetches: list[tuple[dict[TopicPartition, list[int]], dict[TopicPartition, int]]] = []
+        self.during: Any = None  # called while a fetch waits (a rebalance, a seek)
+
+    @property
+    def states(self) -> dict[TopicPartition, State]:
+        return self._subscription.subscription.assignment.states
+
+    def rebalance(self, tps: set[TopicPartition]) -> None:
+        self.assigned = set(tps)
+        self._subscription.subscription.assignment = Assignment(tps)
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        await asyncio.sleep(0)
+        if self.during is not None:
+            self.during()
+            self.during = None
+        returned, positions = self.fetches.pop(0)
+        for tp, position in positions.items():
+            self.states[tp].position = position
+        return {tp: [Record(o) for o in offsets] for tp, offsets in returned.items()}
+
+
+def backoff() -> Backoff:
+    return Backoff(initial_s=0.01, max_s=0.01)
+
+
+async def watched(tps: set[TopicPartition]) -> tuple[FetchingConsumer, OffsetCommitter]:
+    consumer = FetchingConsumer(tps)
+    committer = OffsetCommitter(backoff())
+    listener = SkippedOffsets(committer, lambda: consumer)
+    await listener.on_partitions_assigned(tps)
+    return consumer, committer
+
+
+async def test_a_marker_after_the_last_record_is_committed_past_once_that_record_is_marked() -> (
+    None
+):
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 0
+    consumer.fetches = [({P0: [0, 1, 2]}, {P0: 4})]  # offset 3: the commit marker
+    fetched = await consumer.getmany(timeout_ms=10)
+    assert [r.offset for r in fetched[P0]] == [0, 1, 2]
+    await asyncio.sleep(0.01)
+    assert consumer.commits == []  # nothing before the records are handled
+    committer.mark(consumer, P0, 3)
+    await committer.close()
+    assert consumer.commits == [{P0: 4}]
+
+
+async def test_a_marker_fetched_after_the_records_were_marked_is_committed_past_at_once() -> None:
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 0
+    consumer.fetches = [({P0: [0, 1]}, {P0: 2}), ({}, {P0: 8})]  # 2..7: aborted, and its marker
+    await consumer.getmany()
+    committer.mark(consumer, P0, 2)
+    await consumer.getmany()
+    await committer.close()
+    assert consumer.commits[-1] == {P0: 8}
+
+
+async def test_a_partition_assigned_where_a_marker_lies_is_committed_past_it() -> None:
+    consumer, committer = await watched({P0, P1})
+    consumer.fetches = [({}, {P0: 5, P1: 9}), ({}, {P0: 6, P1: 9})]
+    await consumer.getmany()  # the positions reset to the group's committed offsets
+    await consumer.getmany()  # P0's marker at 5
+    await committer.close()
+    assert consumer.commits == [{P0: 6}]
+
+
+async def test_records_not_yet_handled_are_never_committed_past() -> None:
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 0
+    # Records fetched, then a fetch that only moves past a marker: the records are not marked.
+    consumer.fetches = [({P0: [0, 1]}, {P0: 2}), ({P0: [2]}, {P0: 3}), ({}, {P0: 4})]
+    for _ in range(3):
+        await consumer.getmany()
+    await asyncio.sleep(0.01)
+    assert consumer.commits == []
+    committer.mark(consumer, P0, 2)
+    await asyncio.sleep(0.01)
+    assert consumer.commits == [{P0: 2}]
+    committer.mark(consumer, P0, 3)
+    await committer.close()
+    assert consumer.commits == [{P0: 2}, {P0: 4}]
+
+
+async def test_a_rebalance_during_a_fetch_does_not_take_its_records_for_handled() -> None:
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 0
+    consumer.fetches = [({P0: [0, 1]}, {P0: 2}), ({}, {P0: 3})]
+    consumer.during = lambda: consumer.rebalance({P0})  # the new assignment starts at 0 ...
+    consumer_states_before = consumer.states
+    await consumer.getmany()  # ... and its first fetch returns records 0 and 1
+    assert consumer.states is not consumer_states_before
+    await consumer.getmany()  # a marker at 2, but records 0 and 1 are not handled yet
+    await asyncio.sleep(0.01)
+    assert consumer.commits == []
+    committer.mark(consumer, P0, 2)
+    await committer.close()
+    assert consumer.commits == [{P0: 3}]
+
+
+async def test_a_seek_back_during_a_fetch_is_no_offsets_skipped() -> None:
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 10
+    consumer.fetches = [({}, {P0: 10}), ({}, {P0: 4})]
+    await consumer.getmany()  # the group's offset: 10
+    await consumer.getmany()  # a lane rewound the partition to 4 meanwhile
+    await committer.close()
+    assert consumer.commits == []
+
+
+async def test_a_partition_assigned_again_starts_where_the_group_committed() -> None:
+    consumer, committer = await watched({P0})
+    consumer.states[P0].position = 0
+    consumer.fetches = [({P0: [0, 1]}, {P0: 2})]
+    await consumer.getmany()
+    committer.mark(consumer, P0, 2)
+    await asyncio.sleep(0.01)
+    # Revoked and assigned again; another member meanwhile committed 7; 7..8 is a marker.
+    consumer.rebalance({P0})
+    consumer.fetches = [({}, {P0: 7}), ({}, {P0: 8})]
+    await consumer.getmany()
+    await consumer.getmany()
+    await committer.close()
+    assert consumer.commits == [{P0: 2}, {P0: 8}]
