@@ -144,6 +144,8 @@ class BenchOptions:
     database_cores: int = 0
     #: Worker processes in e2e and the latency phases, one consumer group.
     workers: int = 1
+    #: Connect JVMs of the peer: 1 standalone, more a distributed cluster.
+    peer_workers: int = 1
 
 
 def split_by_partition(commands: Sequence[Command], partitions: int) -> list[list[Command]]:
@@ -889,10 +891,15 @@ async def bench_peer(
     label: str = "",
 ) -> peer.PeerRun:
     """One measurement of the Debezium JDBC sink, on its own database and topics."""
-    task = phases.start(f"peer     Debezium JDBC sink, {tasks} task(s){label}")
+    jvms = "" if options.peer_workers == 1 else f" on {options.peer_workers} Connect JVMs"
+    task = phases.start(f"peer     Debezium JDBC sink, {tasks} task(s){jvms}{label}")
     tag = f"peer{uuid.uuid4().hex[:6]}"
     url = await resources.clone(tag)
     topics = await resources.make_topics(f"{tag}-warmup", f"{tag}-commands")
+    # A distributed cluster makes its own topics: dropped with the bench's at its end.
+    cluster_topics = f"cw-bench-{resources.run_id}.{tag}-connect"
+    if options.peer_workers > 1:
+        resources.topics.extend(f"{cluster_topics}-{t}" for t in ("configs", "offsets", "status"))
     try:
         run = await peer.measure(
             settings,
@@ -909,6 +916,8 @@ async def bench_peer(
             publish=lambda topic, records: _publish(settings, topic, records),
             before_timing=settle,
             on_progress=lambda done, total: phases.update(task, done, total),
+            workers=options.peer_workers,
+            cluster_topics=cluster_topics,
         )
     except peer.PeerError as exc:
         raise BenchError(f"peer: {exc}") from exc
@@ -1025,6 +1034,8 @@ class Round:
     peer_cold_per_s: dict[int, float] = field(default_factory=dict)
     #: With several worker processes, their peaks added up.
     workers_peak_rss: int = 0
+    #: The peer's JVMs' peaks added up, by its number of tasks.
+    peer_peak_rss: dict[int, int] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -1165,6 +1176,7 @@ async def run_bench(
                 await resources.drop(sql_urls[r])
             peer_rates: dict[int, float] = {}
             peer_cold: dict[int, float] = {}
+            peer_rss: dict[int, int] = {}
             if workload is not None:
                 for tasks in peer_tasks:
                     measured = await bench_peer(
@@ -1179,6 +1191,7 @@ async def run_bench(
                     )
                     peer_rates[tasks] = measured.per_s
                     peer_cold[tasks] = measured.cold_per_s
+                    peer_rss[tasks] = sum(measured.peak_rss)
             results, dlq = e2e_topics[r]
             group = f"cw-bench-e2e{r}-{resources.run_id}"
             round_commands = held_topics[r] if held_topics else commands_topic
@@ -1246,6 +1259,7 @@ async def run_bench(
                     peer_rates,
                     peer_cold,
                     workers_peak_rss=worker.total_peak_rss,
+                    peer_peak_rss=peer_rss,
                 )
             )
             if r < options.rounds - 1:
@@ -1341,7 +1355,7 @@ async def run_bench(
             for key in rounds[0].cpu_us
             if all(key in x.cpu_us for x in rounds)
         },
-        "peer": _peer_report(rounds, peer_tasks) if workload else None,
+        "peer": _peer_report(rounds, peer_tasks, options.peer_workers) if workload else None,
         # The worker's largest RSS while the whole stream was waiting for it (e2e): of one
         # process, and with several, their peaks added up.
         "worker_peak_rss_mib": round(max(x.worker_peak_rss for x in rounds) / 2**20, 1),
@@ -1366,7 +1380,7 @@ async def run_bench(
     }
 
 
-def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any]:
+def _peer_report(rounds: Sequence[Round], tasks: Sequence[int], jvms: int) -> dict[str, Any]:
     def medians(value: Callable[[Round, int], float], digits: int) -> dict[str, float]:
         return {
             str(t): round(statistics.median(value(x, t) for x in rounds), digits) for t in tasks
@@ -1375,7 +1389,9 @@ def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any
     # Each round's e2e against the peer measured just before it, as for b_sql; in order.
     by_round = {str(t): [_ratio(x.e2e_per_s, x.peer_per_s[t]) for x in rounds] for t in tasks}
     return {
-        "name": "Debezium JDBC sink connector on Kafka Connect standalone",
+        "name": "Debezium JDBC sink connector on Kafka Connect "
+        + ("standalone" if jvms == 1 else f"distributed, {jvms} JVMs"),
+        "jvms": jvms,
         "versions": {"debezium": peer.DEBEZIUM_VERSION, "connect": peer.CONNECT_VERSION},
         "sink_batch": peer.SINK_BATCH,
         # Rows, not commands: an upsert by command_id leaves one per distinct id. Warm: a
@@ -1388,6 +1404,11 @@ def _peer_report(rounds: Sequence[Round], tasks: Sequence[int]) -> dict[str, Any
         # Every round's too: on a shared host the rounds of one run can differ by more than a
         # change being weighed, which the median alone hides.
         "e2e/peer_by_round": by_round,
+        # Its JVMs' peak resident sets added up (each with the bench's fixed heap, HEAP).
+        "peak_rss_mib": {
+            str(t): round(max(x.peer_peak_rss.get(t, 0) for x in rounds) / 2**20, 1) for t in tasks
+        },
+        "heap": peer.HEAP,
     }
 
 
@@ -1599,6 +1620,15 @@ def _print_peer(peer_report: dict[str, Any]) -> None:
     cold = ", ".join(f"{ratio:.2f}" for ratio in peer_report["e2e/peer_cold"].values())
     versions = peer_report["versions"]
     console.print(f"e2e/peer {warm}; against the cold peer {cold}")
+    rss = ", ".join(
+        f"{mib:,.0f} MiB ({_tasks_label(tasks)})"
+        for tasks, mib in peer_report["peak_rss_mib"].items()
+    )
+    jvms = peer_report["jvms"]
+    console.print(
+        f"peer peak RSS {rss}: {'its JVM' if jvms == 1 else f'its {jvms} JVMs together'}, "
+        f"heap -Xmx{peer_report['heap']}{'' if jvms == 1 else ' each'}"
+    )
     console.print(
         f"[dim]peer: Debezium {versions['debezium']} on Connect {versions['connect']}, sink batch "
         f"{peer_report['sink_batch']}, rows/s; warm = after as many commands of another seed, "
@@ -1702,6 +1732,14 @@ def register(app: typer.Typer) -> None:
                 "has formed.",
             ),
         ] = 1,
+        peer_workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Connect JVMs of the peer: 1 runs Connect standalone, more a distributed "
+                "cluster sharing the tasks (as --workers does for the worker).",
+            ),
+        ] = 1,
         fmt: Annotated[
             BenchFormat,
             typer.Option("--format", help="A table, or one JSON object on the last line."),
@@ -1733,6 +1771,7 @@ def register(app: typer.Typer) -> None:
             peer_tasks=tuple(peer_tasks or ()),
             database_cores=database_cores,
             workers=workers,
+            peer_workers=peer_workers,
         )
         try:
             report = asyncio.run(

@@ -1,4 +1,4 @@
-"""The bench's peer: the Debezium JDBC sink connector on Kafka Connect standalone.
+"""The bench's peer: the Debezium JDBC sink connector on Kafka Connect.
 
 What a team would deploy instead of the worker: Connect reads the same commands (encoded as
 Connect JSON, with their schema), and the sink upserts one row per command, by `command_id`,
@@ -7,7 +7,8 @@ HNSW index as `capture.artifacts`. It computes nothing: no ledger, no engagement
 no result event.
 
 Connect runs from the jars `files/pom.xml` resolves (cached like the broker's), every plugin on
-the classpath (`plugin.discovery=service_load`), one JVM per measurement, stopped at its end.
+the classpath (`plugin.discovery=service_load`), one standalone JVM per measurement (or a
+distributed cluster of several, as the worker runs with several processes), stopped at its end.
 A rate is rows over the time to the last row's `written_at`, a column the sink does not know
 about whose default is PostgreSQL's clock, from either the connector's tasks RUNNING in a fresh
 JVM (cold: the span the worker's e2e is timed on, from its readiness) or the connector's resume
@@ -233,33 +234,31 @@ def _render(props: Mapping[str, str]) -> str:
 
 
 @dataclass
-class ConnectStandalone:
-    """One Connect standalone JVM running one connector; `stop` ends it whatever its state."""
+class Connect:
+    """Connect JVMs running one connector; `stop` ends them whatever their state."""
 
     libs: Path
     work_dir: Path
-    rest_port: int
+    #: Each JVM's REST port; the first is the one asked.
+    rest_ports: list[int]
     #: The connector's name, one per measurement: its consumer group is connect-<name>, so
     #: two benches on one cluster never share a group.
     name: str = field(default_factory=lambda: f"capture-peer-{uuid.uuid4().hex[:10]}")
-    pid: int | None = None
+    pids: list[int] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
         return self.work_dir / "connect.log"
 
-    def start(self, worker: Mapping[str, str], connector: Mapping[str, str]) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        worker_file = self.work_dir / "worker.properties"
-        connector_file = self.work_dir / "connector.properties"
-        worker_file.write_text(_render(worker))
-        connector_file.write_text(_render(connector))
-        connector_file.chmod(0o600)  # it holds the database password
+    def _log(self, index: int) -> Path:
+        return self.log_path if index == 0 else self.work_dir / f"connect-{index}.log"
+
+    def _spawn(self, index: int, main_class: str, *files: Path) -> None:
         try:
             java = stack_kafka.check_java()
         except process.StackError as exc:
             raise PeerError(str(exc)) from exc
-        self.pid = process.spawn_detached(
+        pid = process.spawn_detached(
             [
                 java,
                 f"-Xmx{HEAP}",
@@ -270,41 +269,51 @@ class ConnectStandalone:
                 f"-Dlog4j2.configurationFile={LOG4J2}",
                 "-cp",
                 f"{self.libs}/*",
-                "org.apache.kafka.connect.cli.ConnectStandalone",
-                str(worker_file),
-                str(connector_file),
+                main_class,
+                *map(str, files),
             ],
-            log_path=self.log_path,
+            log_path=self._log(index),
             cwd=self.work_dir,
         )
+        self.pids.append(pid)
 
     def alive(self) -> None:
-        if not process.pid_alive(self.pid):
-            raise PeerError(f"Kafka Connect exited; see {self.log_path}:\n{self._tail()}")
+        for index, pid in enumerate(self.pids):
+            if not process.pid_alive(pid):
+                log = self._log(index)
+                raise PeerError(f"Kafka Connect exited; see {log}:\n{process.tail(log, 15)}")
 
     def _tail(self) -> str:
         return process.tail(self.log_path, 15)
 
-    def _rest(self, method: str, path: str) -> dict[str, Any] | None:
+    def _rest(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, port: int = 0
+    ) -> dict[str, Any] | None:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.rest_port}/connectors/{self.name}{path}", method=method
+            f"http://127.0.0.1:{port or self.rest_ports[0]}/connectors{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback http)
-                body = response.read()
+                answer = response.read()
         except (urllib.error.URLError, OSError):
             return None
         with contextlib.suppress(ValueError):
-            answer: dict[str, Any] = json.loads(body) if body else {}
-            return answer
+            loaded = json.loads(answer) if answer else {}
+            return loaded if isinstance(loaded, dict) else {"answer": loaded}
         return None
+
+    async def _status(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self._rest, "GET", f"/{self.name}/status") or {}
 
     async def wait_state(self, state: str, tasks: int) -> None:
         """Wait until the connector and all its `tasks` report `state` (RUNNING, PAUSED)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             self.alive()
-            status = await asyncio.to_thread(self._rest, "GET", "/status") or {}
+            status = await self._status()
             states = [t.get("state") for t in status.get("tasks", [])]
             if "FAILED" in states:
                 raise PeerError(f"a connector task failed; see {self.log_path}:\n{self._tail()}")
@@ -315,25 +324,106 @@ class ConnectStandalone:
         raise PeerError(f"Connect's tasks were not {state} after {READY_TIMEOUT_S:.0f}s")
 
     async def pause(self, tasks: int) -> None:
-        if await asyncio.to_thread(self._rest, "PUT", "/pause") is None:
+        if await asyncio.to_thread(self._rest, "PUT", f"/{self.name}/pause") is None:
             raise PeerError("Connect refused to pause the connector")
         await self.wait_state("PAUSED", tasks)
 
     async def resume(self) -> None:
-        if await asyncio.to_thread(self._rest, "PUT", "/resume") is None:
+        if await asyncio.to_thread(self._rest, "PUT", f"/{self.name}/resume") is None:
             raise PeerError("Connect refused to resume the connector")
 
+    def peak_rss(self) -> list[int]:
+        """Each JVM's peak resident set so far (the kernel's VmHWM), in bytes."""
+        peaks = []
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) * 1024)
+        return peaks
+
     def stop(self) -> None:
-        if self.pid is not None:
-            process.terminate(self.pid, timeout=20, first_signal=signal.SIGTERM, what="Connect")
-            self.pid = None
+        while self.pids:
+            pid = self.pids.pop()
+            process.terminate(pid, timeout=20, first_signal=signal.SIGTERM, what="Connect")
+
+
+class ConnectStandalone(Connect):
+    """One Connect standalone JVM, its connector given at its start."""
+
+    def start(self, worker: Mapping[str, str], connector: Mapping[str, str]) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        worker_file = self.work_dir / "worker.properties"
+        connector_file = self.work_dir / "connector.properties"
+        worker_file.write_text(_render(worker))
+        connector_file.write_text(_render(connector))
+        connector_file.chmod(0o600)  # it holds the database password
+        main = "org.apache.kafka.connect.cli.ConnectStandalone"
+        self._spawn(0, main, worker_file, connector_file)
+
+
+class ConnectDistributed(Connect):
+    """A Connect cluster of one JVM per REST port in distributed mode, as a team runs it on
+    several hosts: its tasks shared among the JVMs, its offsets, configs and statuses in
+    topics named after `topics_prefix`."""
+
+    def start(self, worker: Mapping[str, str], topics_prefix: str) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        shared = {k: v for k, v in worker.items() if k != "offset.storage.file.filename"}
+        for index, port in enumerate(self.rest_ports):
+            props = {
+                **shared,
+                "group.id": f"{self.name}-cluster",
+                "config.storage.topic": f"{topics_prefix}-configs",
+                "offset.storage.topic": f"{topics_prefix}-offsets",
+                "status.storage.topic": f"{topics_prefix}-status",
+                "config.storage.replication.factor": "1",
+                "offset.storage.replication.factor": "1",
+                "status.storage.replication.factor": "1",
+                "offset.storage.partitions": "1",
+                "status.storage.partitions": "1",
+                "listeners": f"http://127.0.0.1:{port}",
+                "rest.advertised.host.name": "127.0.0.1",
+                "rest.advertised.port": str(port),
+            }
+            worker_file = self.work_dir / f"worker-{index}.properties"
+            worker_file.write_text(_render(props))
+            self._spawn(index, "org.apache.kafka.connect.cli.ConnectDistributed", worker_file)
+
+    async def create(self, connector: Mapping[str, str], tasks: int) -> None:
+        """Submit the connector once every JVM answers, and wait until its tasks run on as
+        many JVMs as there are tasks for (a JVM that joins late gets its share then)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for port in self.rest_ports:
+            while await asyncio.to_thread(self._rest, "GET", "", port=port) is None:
+                self.alive()
+                if time.monotonic() > deadline:
+                    raise PeerError(f"Connect on port {port} did not answer; see {self.work_dir}")
+                await asyncio.sleep(0.2)
+        config = {k: v for k, v in connector.items() if k != "name"}
+        body = {"name": self.name, "config": config}
+        while not await self._status():
+            # Refused while the cluster rebalances (no leader yet); taken once, it has a status.
+            self.alive()
+            if time.monotonic() > deadline:
+                raise PeerError(f"Connect did not take the connector; see {self.log_path}")
+            await asyncio.to_thread(self._rest, "POST", "", body)
+            await asyncio.sleep(0.5)
+        await self.wait_state("RUNNING", tasks)
+        spread = min(len(self.rest_ports), tasks)
+        while time.monotonic() < deadline:
+            status = await self._status()
+            if len({t.get("worker_id") for t in status.get("tasks", [])}) >= spread:
+                return
+            await asyncio.sleep(0.2)
+        raise PeerError(f"Connect's tasks did not spread over {spread} JVMs")
 
 
 async def wait_rows(
     url: str,
     expected: int,
     *,
-    connect: ConnectStandalone,
+    connect: Connect,
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> float:
     """Poll the row count until `expected`; returns the last row's written_at (epoch s)."""
@@ -391,6 +481,8 @@ class PeerRun:
     #: The warm-up, timed as the worker's e2e is: from a fresh process ready to its last row.
     cold_rows: int
     cold_seconds: float
+    #: Each Connect JVM's peak resident set (bytes), at the end of the measurement.
+    peak_rss: tuple[int, ...] = ()
 
     @property
     def per_s(self) -> float:
@@ -417,8 +509,13 @@ async def measure(
     publish: Publish,
     before_timing: Callable[[], Awaitable[None]],
     on_progress: Callable[[int, int], None] = lambda _done, _total: None,
+    workers: int = 1,
+    cluster_topics: str = "",
 ) -> PeerRun:
     """The sink's rate on `commands`, its JVM warmed by `warmup` first; and on `warmup`, cold.
+
+    One JVM runs Connect standalone; `workers` > 1 JVMs run it distributed, one cluster whose
+    own topics are named from `cluster_topics`.
 
     `topics` are (warm-up, measured), both empty and subscribed from the start. The warm-up is
     published, Connect started, and its rows timed from the tasks RUNNING to the last row: a
@@ -432,15 +529,26 @@ async def measure(
     cold_rows, expected = distinct_ids(warmup), distinct_ids(commands)
     total = cold_rows + expected
     await before_timing()
-    connect = ConnectStandalone(libs, work_dir, rest_port=free_port())
-    connect.start(
-        worker_properties(
-            settings, work_dir=work_dir, rest_port=connect.rest_port, fetch_bytes=fetch_bytes
-        ),
-        connector_properties(connect.name, f"{warm_topic},{topic}", database_url, tasks=tasks),
+    ports = [free_port() for _ in range(workers)]
+    worker = worker_properties(
+        settings, work_dir=work_dir, rest_port=ports[0], fetch_bytes=fetch_bytes
     )
+    connect: Connect
     try:
-        await connect.wait_state("RUNNING", tasks)
+        if workers == 1:
+            connect = standalone = ConnectStandalone(libs, work_dir, ports)
+            connector = connector_properties(
+                standalone.name, f"{warm_topic},{topic}", database_url, tasks=tasks
+            )
+            standalone.start(worker, connector)
+            await standalone.wait_state("RUNNING", tasks)
+        else:
+            connect = cluster = ConnectDistributed(libs, work_dir, ports)
+            connector = connector_properties(
+                cluster.name, f"{warm_topic},{topic}", database_url, tasks=tasks
+            )
+            cluster.start(worker, cluster_topics or f"{cluster.name}-cluster")
+            await cluster.create(connector, tasks)
         cold_started = time.time()
         cold_last = await wait_rows(
             database_url, cold_rows, connect=connect, on_progress=lambda n: on_progress(n, total)
@@ -457,6 +565,7 @@ async def measure(
             connect=connect,
             on_progress=lambda n: on_progress(cold_rows + n, total),
         )
+        peak_rss = tuple(connect.peak_rss())
     finally:
         connect.stop()
     return PeerRun(
@@ -465,4 +574,5 @@ async def measure(
         seconds=last - started,
         cold_rows=cold_rows,
         cold_seconds=cold_last - cold_started,
+        peak_rss=peak_rss,
     )

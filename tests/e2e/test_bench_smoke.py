@@ -207,6 +207,9 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         assert peer["e2e/peer_by_round"][tasks] == [peer["e2e/peer"][tasks]]
     for tasks, rate in round_["peer_cold_per_s"].items():
         assert peer["e2e/peer_cold"][tasks] == pytest.approx(report["e2e_per_s"] / rate, 0.01)
+    assert peer["jvms"] == 1
+    assert set(peer["peak_rss_mib"]) == {"2", "1"}
+    assert all(mib > 0 for mib in peer["peak_rss_mib"].values())
 
     # The split it ran with, each core's busy share beside it, and the server back on all cores.
     allowed = sorted(os.sched_getaffinity(0))
@@ -215,6 +218,31 @@ async def test_bench_measures_the_debezium_peer_beside_the_worker(
         assert 0 <= report["e2e_cpu"][f"core{core}_busy_pct"] <= 100
     assert sorted(os.sched_getaffinity(postmaster)) == cores
 
+    await _nothing_left_behind(report, pg_admin_url, kafka_admin)
+
+
+@pytest.mark.timeout(660)
+async def test_bench_measures_the_peer_as_a_connect_cluster(
+    kafka_bootstrap: str, pg_admin_url: str, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    """`--peer-workers 2`: the sink on two Connect JVMs in distributed mode, its two tasks one on
+    each (the bench fails when they do not spread), every row landed; the cluster's own topics
+    are dropped with the run's."""
+    report = await _bench(
+        kafka_bootstrap,
+        pg_admin_url,
+        "--messages", "300",
+        "--naive-messages", "20",
+        "--latency-seconds", "1",
+        "--no-index",
+        "--peer", "debezium-jdbc",
+        "--peer-tasks", "2",
+        "--peer-workers", "2",
+    )  # fmt: skip
+    peer = report["peer"]
+    assert peer["jvms"] == 2 and "distributed" in peer["name"]
+    assert peer["per_s"]["2"] > 0 and peer["per_s_cold"]["2"] > 0
+    assert peer["peak_rss_mib"]["2"] > 0  # both JVMs' peaks, added up
     await _nothing_left_behind(report, pg_admin_url, kafka_admin)
 
 
