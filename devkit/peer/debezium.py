@@ -203,6 +203,28 @@ def worker_properties(
     }
 
 
+def cluster_properties(
+    worker: Mapping[str, str], group: str, topics_prefix: str, rest_port: int
+) -> dict[str, str]:
+    """A standalone worker's settings made one member of a distributed cluster: its offsets,
+    the connectors' configs and statuses in topics (one partition where Connect allows it)."""
+    return {
+        **{k: v for k, v in worker.items() if k != "offset.storage.file.filename"},
+        "group.id": group,
+        "config.storage.topic": f"{topics_prefix}-configs",
+        "offset.storage.topic": f"{topics_prefix}-offsets",
+        "status.storage.topic": f"{topics_prefix}-status",
+        "config.storage.replication.factor": "1",
+        "offset.storage.replication.factor": "1",
+        "status.storage.replication.factor": "1",
+        "offset.storage.partitions": "1",
+        "status.storage.partitions": "1",
+        "listeners": f"http://127.0.0.1:{rest_port}",
+        "rest.advertised.host.name": "127.0.0.1",
+        "rest.advertised.port": str(rest_port),
+    }
+
+
 def connector_properties(name: str, topic: str, database_url: str, *, tasks: int) -> dict[str, str]:
     """The sink's settings; `name` also names its consumer group (connect-<name>)."""
     jdbc_url, user, password = _jdbc(database_url)
@@ -369,23 +391,8 @@ class ConnectDistributed(Connect):
 
     def start(self, worker: Mapping[str, str], topics_prefix: str) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        shared = {k: v for k, v in worker.items() if k != "offset.storage.file.filename"}
         for index, port in enumerate(self.rest_ports):
-            props = {
-                **shared,
-                "group.id": f"{self.name}-cluster",
-                "config.storage.topic": f"{topics_prefix}-configs",
-                "offset.storage.topic": f"{topics_prefix}-offsets",
-                "status.storage.topic": f"{topics_prefix}-status",
-                "config.storage.replication.factor": "1",
-                "offset.storage.replication.factor": "1",
-                "status.storage.replication.factor": "1",
-                "offset.storage.partitions": "1",
-                "status.storage.partitions": "1",
-                "listeners": f"http://127.0.0.1:{port}",
-                "rest.advertised.host.name": "127.0.0.1",
-                "rest.advertised.port": str(port),
-            }
+            props = cluster_properties(worker, f"{self.name}-cluster", topics_prefix, port)
             worker_file = self.work_dir / f"worker-{index}.properties"
             worker_file.write_text(_render(props))
             self._spawn(index, "org.apache.kafka.connect.cli.ConnectDistributed", worker_file)

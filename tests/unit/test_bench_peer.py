@@ -59,9 +59,28 @@ def test_the_connector_upserts_by_command_id_into_the_table_the_bench_made() -> 
 def test_every_connect_has_a_connector_and_so_a_consumer_group_of_its_own(
     tmp_path: Path,
 ) -> None:
-    first = peer.ConnectStandalone(Path("libs"), tmp_path, rest_port=1)
-    second = peer.ConnectStandalone(Path("libs"), tmp_path, rest_port=1)
+    first = peer.ConnectStandalone(Path("libs"), tmp_path, [1])
+    second = peer.ConnectDistributed(Path("libs"), tmp_path, [1, 2])
     assert first.name != second.name
+
+
+def test_a_cluster_member_keeps_its_state_in_topics_and_answers_on_its_own_port(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": "a:9092"})
+    standalone = peer.worker_properties(settings, work_dir=tmp_path, rest_port=1, fetch_bytes=9)
+    props = peer.cluster_properties(standalone, "g", "cw-bench-x.peer1-connect", 8084)
+    assert "offset.storage.file.filename" not in props
+    assert props["group.id"] == "g"
+    assert {props[f"{kind}.storage.topic"] for kind in ("config", "offset", "status")} == {
+        "cw-bench-x.peer1-connect-configs",
+        "cw-bench-x.peer1-connect-offsets",
+        "cw-bench-x.peer1-connect-status",
+    }
+    assert props["listeners"] == "http://127.0.0.1:8084"
+    assert props["rest.advertised.port"] == "8084"
+    # The rest as standalone: the sink's consumer takes a whole batch per poll.
+    assert props["consumer.max.partition.fetch.bytes"] == "9"
 
 
 def test_the_worker_properties_carry_the_cluster_credentials_to_the_sink_consumer(
@@ -91,10 +110,13 @@ def test_the_worker_properties_carry_the_cluster_credentials_to_the_sink_consume
 def test_the_report_gives_each_rounds_ratio_beside_the_median() -> None:
     rounds = [
         Round(b_sql_per_s=10.0, e2e_per_s=e2e, same_state=True, worker_peak_rss=0,
-              peer_per_s={6: warm, 1: 4.0}, peer_cold_per_s={6: 2.0, 1: 2.0})
-        for e2e, warm in ((6.0, 4.0), (4.0, 4.0), (8.0, 4.0))
+              peer_per_s={6: warm, 1: 4.0}, peer_cold_per_s={6: 2.0, 1: 2.0},
+              peer_peak_rss={6: rss * 2**20, 1: 2**30})
+        for e2e, warm, rss in ((6.0, 4.0, 900), (4.0, 4.0, 1300), (8.0, 4.0, 1100))
     ]  # fmt: skip
-    report = _peer_report(rounds, [6, 1])
+    report = _peer_report(rounds, [6, 1], 2)
+    assert report["jvms"] == 2 and "distributed, 2 JVMs" in report["name"]
+    assert report["peak_rss_mib"] == {"6": 1300.0, "1": 1024.0}  # the largest round's
     assert report["e2e/peer_by_round"] == {"6": [1.5, 1.0, 2.0], "1": [1.5, 1.0, 2.0]}
     assert report["e2e/peer"] == {"6": 1.5, "1": 1.5}
     line = _warm_ratio("6", report["e2e/peer"]["6"], report["e2e/peer_by_round"]["6"])

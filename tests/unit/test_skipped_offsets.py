@@ -14,7 +14,7 @@ from worker.application.retry import Backoff
 from worker.interfaces.kafka.consumer import OffsetCommitter
 from worker.interfaces.kafka.skipped import SkippedOffsets
 
-P0, P1 = (TopicPartition("commands", p) for p in range(2))
+P0, P1, P2, P3 = (TopicPartition("commands", p) for p in range(4))
 
 
 class Record:
@@ -60,6 +60,10 @@ class FetchingConsumer(FakeConsumer):
         self._subscription = SubscriptionState(Assignment(tps))
         self.fetches: list[tuple[dict[TopicPartition, list[int]], dict[TopicPartition, int]]] = []
         self.during: Any = None  # called while a fetch waits (a rebalance, a seek)
+        self.group_offsets: dict[TopicPartition, int] = {}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.group_offsets.get(tp)
 
     @property
     def states(self) -> dict[TopicPartition, State]:
@@ -122,11 +126,32 @@ async def test_a_marker_fetched_after_the_records_were_marked_is_committed_past_
 
 async def test_a_partition_assigned_where_a_marker_lies_is_committed_past_it() -> None:
     consumer, committer = await watched({P0, P1})
-    consumer.fetches = [({}, {P0: 5, P1: 9}), ({}, {P0: 6, P1: 9})]
-    await consumer.getmany()  # the positions reset to the group's committed offsets
+    # The positions set from the group's offsets before the first fetch.
+    consumer.states[P0].position, consumer.states[P1].position = 5, 9
+    consumer.fetches = [({}, {P0: 6, P1: 9})]
     await consumer.getmany()  # P0's marker at 5
     await committer.close()
     assert consumer.commits == [{P0: 6}]
+
+
+async def test_a_marker_fetched_in_the_fetch_that_set_the_position_is_committed_past() -> None:
+    consumer, committer = await watched({P0, P1, P2, P3})
+    # Every position set from the group's offsets while the fetch waited: P0 moved past a
+    # marker, P1 got records (not handled yet), P2 had nothing to pass, P3 no group offset.
+    consumer.group_offsets = {P0: 5, P1: 3, P2: 4}
+    consumer.fetches = [
+        ({P1: [3, 4]}, {P0: 6, P1: 5, P2: 4, P3: 0}),
+        ({}, {P0: 6, P1: 7, P2: 4, P3: 0}),
+    ]
+    await consumer.getmany()
+    await asyncio.sleep(0.01)
+    assert consumer.commits == [{P0: 6}]
+    await consumer.getmany()  # P1's marker at 5..6
+    await asyncio.sleep(0.01)
+    assert consumer.commits == [{P0: 6}]
+    committer.mark(consumer, P1, 5)
+    await committer.close()
+    assert consumer.commits == [{P0: 6}, {P1: 7}]
 
 
 async def test_records_not_yet_handled_are_never_committed_past() -> None:
@@ -181,8 +206,8 @@ async def test_a_partition_assigned_again_starts_where_the_group_committed() -> 
     await asyncio.sleep(0.01)
     # Revoked and assigned again; another member meanwhile committed 7; 7..8 is a marker.
     consumer.rebalance({P0})
-    consumer.fetches = [({}, {P0: 7}), ({}, {P0: 8})]
-    await consumer.getmany()
+    consumer.states[P0].position = 7
+    consumer.fetches = [({}, {P0: 8})]
     await consumer.getmany()
     await committer.close()
     assert consumer.commits == [{P0: 2}, {P0: 8}]

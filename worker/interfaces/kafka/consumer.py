@@ -234,7 +234,7 @@ class OffsetCommitter:
         self._marked[tp] = max(next_offset, self._marked.get(tp, 0))
         self._consumer = consumer
         self._pending[tp] = max(next_offset, self._pending.get(tp, 0))
-        record_lag(consumer, tp, next_offset)
+        record_lag(consumer, tp, self._marked[tp])
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())

@@ -12,10 +12,12 @@ the `OffsetCommitter`, which commits past them once every record before them is 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from worker.interfaces.kafka.consumer import OffsetCommitter
 
@@ -52,6 +54,7 @@ class SkippedOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # Partitions of the current assignment not fetched from yet: where they stand is the
         # group's committed offset.
         self._fresh: set[TopicPartition] = set()
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         return None
@@ -105,9 +108,29 @@ class SkippedOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._fresh.discard(tp)
             elif tp in fetched:
                 self._fresh.discard(tp)
+            elif tp in after:
+                # Its position was set from the group's offset during this fetch (the fetcher
+                # resets and fetches in the background, in a few ms), which may then have moved
+                # it to `after` without a record: nothing before `after` is left to handle, and
+                # the group's offset tells whether anything was passed.
+                self._committer.starts_at(tp, after[tp])
+                self._fresh.discard(tp)
+                task = asyncio.create_task(self._catch_up(consumer, assignment, tp, after[tp]))
+                self._checks.add(task)
+                task.add_done_callback(self._checks.discard)
         for tp, end in after.items():
             records = fetched.get(tp)
             start = records[-1].offset + 1 if records else before.get(tp)
             # A seek back during the fetch (a lane's rewind) leaves the position behind start.
             if start is not None and end > start:
                 self._committer.skipped(consumer, tp, start, end)
+
+    async def _catch_up(self, consumer: Any, assignment: Any, tp: TopicPartition, end: int) -> None:
+        """Commit `end` if the group's offset for `tp` is behind it (a group without one
+        waits for its first record: where it started is not known)."""
+        try:
+            committed = await consumer.committed(tp)
+        except (KafkaError, IllegalStateError):
+            return  # revoked, or the coordinator moved: the next record commits
+        if assignment is self._assignment and committed is not None and committed < end:
+            self._committer.mark(consumer, tp, end)
