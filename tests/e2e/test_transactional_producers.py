@@ -12,11 +12,17 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from tests.e2e.test_replay_cli import cli, last_json
 from tests.fixtures.workers import WorkerSetup
 from tests.support.kafka import produce, read_all, wait_for_count
 from tests.support.streams import make_stream, reference_digest
+
+
+def partition_of(line: str, partitions: int = 6) -> int:
+    """Where the producer's default partitioner puts a command (murmur2 of its key)."""
+    return (murmur2(json.loads(line)["user_id"].encode()) & 0x7FFFFFFF) % partitions
 
 
 def ids(lines: Sequence[str]) -> set[str]:
@@ -139,14 +145,23 @@ async def test_the_group_commits_past_a_transactions_marker(
     # One user: one partition, whose log ends with a marker after each transaction.
     lines = make_stream(15, users=1, seed=31, duplicates=0).valid
     committed, aborted = lines[:10], lines[10:]
+    partition = partition_of(lines[0])
+    # Another user's partition holds only an aborted transaction when the group starts, with
+    # no offset of its own: read from its start, and passed.
+    other = next(
+        stream.valid
+        for seed in range(100)
+        if partition_of((stream := make_stream(3, users=1, seed=seed)).valid[0]) != partition
+    )
+    await in_transaction(kafka_bootstrap, worker_setup.commands, other, commit=False)
     await in_transaction(kafka_bootstrap, worker_setup.commands, committed, commit=True)
     worker = worker_setup.start()
     worker.wait_ready()
     await wait_for_count(kafka_bootstrap, worker_setup.results, len(committed), timeout_s=120)
     status = await wait_for_no_lag(worker_setup.env)
     ends = {p["partition"]: p["end"] for p in status["partitions"]}
-    (partition,) = (p for p, end in ends.items() if end)
     assert ends[partition] == len(committed) + 1  # the commit marker's offset
+    assert ends[partition_of(other[0])] == len(other) + 1  # the abort marker's
 
     # A transaction aborted at the end of the log: its records and its marker are passed too.
     await in_transaction(kafka_bootstrap, worker_setup.commands, aborted, commit=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from tests.support.fakes import FakeConsumer
@@ -65,6 +66,9 @@ class FetchingConsumer(FakeConsumer):
     async def committed(self, tp: TopicPartition) -> int | None:
         return self.group_offsets.get(tp)
 
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
     @property
     def states(self) -> dict[TopicPartition, State]:
         return self._subscription.subscription.assignment.states
@@ -90,10 +94,12 @@ def backoff() -> Backoff:
     return Backoff(initial_s=0.01, max_s=0.01)
 
 
-async def watched(tps: set[TopicPartition]) -> tuple[FetchingConsumer, OffsetCommitter]:
+async def watched(
+    tps: set[TopicPartition], *, from_earliest: bool = True
+) -> tuple[FetchingConsumer, OffsetCommitter]:
     consumer = FetchingConsumer(tps)
     committer = OffsetCommitter(backoff())
-    listener = SkippedOffsets(committer, lambda: consumer)
+    listener = SkippedOffsets(committer, lambda: consumer, from_earliest=from_earliest)
     await listener.on_partitions_assigned(tps)
     return consumer, committer
 
@@ -137,7 +143,8 @@ async def test_a_partition_assigned_where_a_marker_lies_is_committed_past_it() -
 async def test_a_marker_fetched_in_the_fetch_that_set_the_position_is_committed_past() -> None:
     consumer, committer = await watched({P0, P1, P2, P3})
     # Every position set from the group's offsets while the fetch waited: P0 moved past a
-    # marker, P1 got records (not handled yet), P2 had nothing to pass, P3 no group offset.
+    # marker, P1 got records (not handled yet), P2 had nothing to pass, P3 neither, and no
+    # group offset (read from the log's start, 0).
     consumer.group_offsets = {P0: 5, P1: 3, P2: 4}
     consumer.fetches = [
         ({P1: [3, 4]}, {P0: 6, P1: 5, P2: 4, P3: 0}),
@@ -152,6 +159,19 @@ async def test_a_marker_fetched_in_the_fetch_that_set_the_position_is_committed_
     committer.mark(consumer, P1, 5)
     await committer.close()
     assert consumer.commits == [{P0: 6}, {P1: 7}]
+
+
+@pytest.mark.parametrize("from_earliest", [True, False])
+async def test_without_the_groups_offset_only_a_read_from_the_start_is_committed_past(
+    from_earliest: bool,
+) -> None:
+    consumer, committer = await watched({P0}, from_earliest=from_earliest)
+    consumer.fetches = [({}, {P0: 2})]  # 0..1: an aborted transaction's record, its marker
+    await consumer.getmany()
+    await asyncio.sleep(0.01)  # the group's offset asked for
+    await committer.close()
+    # After `latest`, where the fetch started is not known: its next record commits.
+    assert consumer.commits == ([{P0: 2}] if from_earliest else [])
 
 
 async def test_records_not_yet_handled_are_never_committed_past() -> None:

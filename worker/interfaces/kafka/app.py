@@ -326,7 +326,11 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
     )
 
     # Set up once the subscriber exists: it makes its consumer when it starts.
-    skipped = SkippedOffsets(committer, lambda: subscriber.consumer)
+    skipped = SkippedOffsets(
+        committer,
+        lambda: subscriber.consumer,
+        from_earliest=settings.auto_offset_reset == "earliest",
+    )
     subscriber = broker.subscriber(
         settings.commands_topic,
         batch=True,

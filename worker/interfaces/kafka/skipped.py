@@ -43,12 +43,16 @@ class SkippedOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
     FastStream makes the consumer when the subscriber starts and fetches from a loop of its
     own; the first assignment comes before any record can be fetched, so the watch is set up
-    then. `consumer` gives the subscriber's consumer.
+    then. `consumer` gives the subscriber's consumer; `from_earliest`: a partition without
+    the group's offset is read from its start (`auto_offset_reset=earliest`).
     """
 
-    def __init__(self, committer: OffsetCommitter, consumer: Callable[[], Any]) -> None:
+    def __init__(
+        self, committer: OffsetCommitter, consumer: Callable[[], Any], *, from_earliest: bool
+    ) -> None:
         self._committer = committer
         self._consumer = consumer
+        self._from_earliest = from_earliest
         self._watched: Any = None
         self._assignment: Any = None
         # Partitions of the current assignment not fetched from yet: where they stand is the
@@ -126,11 +130,14 @@ class SkippedOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._committer.skipped(consumer, tp, start, end)
 
     async def _catch_up(self, consumer: Any, assignment: Any, tp: TopicPartition, end: int) -> None:
-        """Commit `end` if the group's offset for `tp` is behind it (a group without one
-        waits for its first record: where it started is not known)."""
+        """Commit `end` if the group's offset for `tp` is behind it. Without one the fetch
+        started at the log's start (`earliest`), which only moves on; after `latest`, where it
+        started is not known, and the partition's next record commits."""
         try:
-            committed = await consumer.committed(tp)
+            start = await consumer.committed(tp)
+            if start is None and self._from_earliest:
+                start = (await consumer.beginning_offsets([tp]))[tp]
         except (KafkaError, IllegalStateError):
             return  # revoked, or the coordinator moved: the next record commits
-        if assignment is self._assignment and committed is not None and committed < end:
+        if assignment is self._assignment and start is not None and start < end:
             self._committer.mark(consumer, tp, end)
