@@ -897,9 +897,9 @@ async def bench_peer(
     url = await resources.clone(tag)
     topics = await resources.make_topics(f"{tag}-warmup", f"{tag}-commands")
     # A distributed cluster makes its own topics: dropped with the bench's at its end.
-    cluster_topics = f"cw-bench-{resources.run_id}.{tag}-connect"
+    cluster_prefix = f"cw-bench-{resources.run_id}.{tag}-connect"
     if options.peer_workers > 1:
-        resources.topics.extend(f"{cluster_topics}-{t}" for t in ("configs", "offsets", "status"))
+        resources.topics.extend(peer.cluster_topics(cluster_prefix).values())
     try:
         run = await peer.measure(
             settings,
@@ -917,7 +917,7 @@ async def bench_peer(
             before_timing=settle,
             on_progress=lambda done, total: phases.update(task, done, total),
             workers=options.peer_workers,
-            cluster_topics=cluster_topics,
+            cluster_prefix=cluster_prefix,
         )
     except peer.PeerError as exc:
         raise BenchError(f"peer: {exc}") from exc

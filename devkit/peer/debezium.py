@@ -203,17 +203,25 @@ def worker_properties(
     }
 
 
+def cluster_topics(prefix: str) -> dict[str, str]:
+    """The topics a distributed cluster keeps its state in, by kind (config, offset, status)."""
+    return {
+        "config": f"{prefix}-configs",
+        "offset": f"{prefix}-offsets",
+        "status": f"{prefix}-status",
+    }
+
+
 def cluster_properties(
     worker: Mapping[str, str], group: str, topics_prefix: str, rest_port: int
 ) -> dict[str, str]:
     """A standalone worker's settings made one member of a distributed cluster: its offsets,
     the connectors' configs and statuses in topics (one partition where Connect allows it)."""
+    topics = cluster_topics(topics_prefix)
     return {
         **{k: v for k, v in worker.items() if k != "offset.storage.file.filename"},
         "group.id": group,
-        "config.storage.topic": f"{topics_prefix}-configs",
-        "offset.storage.topic": f"{topics_prefix}-offsets",
-        "status.storage.topic": f"{topics_prefix}-status",
+        **{f"{kind}.storage.topic": name for kind, name in topics.items()},
         "config.storage.replication.factor": "1",
         "offset.storage.replication.factor": "1",
         "status.storage.replication.factor": "1",
@@ -345,6 +353,12 @@ class Connect:
             await asyncio.sleep(0.1)
         raise PeerError(f"Connect's tasks were not {state} after {READY_TIMEOUT_S:.0f}s")
 
+    async def launch(
+        self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
+    ) -> None:
+        """Start the JVMs and return once the connector's `tasks` are RUNNING."""
+        raise NotImplementedError
+
     async def pause(self, tasks: int) -> None:
         if await asyncio.to_thread(self._rest, "PUT", f"/{self.name}/pause") is None:
             raise PeerError("Connect refused to pause the connector")
@@ -373,6 +387,12 @@ class Connect:
 class ConnectStandalone(Connect):
     """One Connect standalone JVM, its connector given at its start."""
 
+    async def launch(
+        self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
+    ) -> None:
+        self.start(worker, connector)
+        await self.wait_state("RUNNING", tasks)
+
     def start(self, worker: Mapping[str, str], connector: Mapping[str, str]) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         worker_file = self.work_dir / "worker.properties"
@@ -384,15 +404,25 @@ class ConnectStandalone(Connect):
         self._spawn(0, main, worker_file, connector_file)
 
 
+@dataclass
 class ConnectDistributed(Connect):
     """A Connect cluster of one JVM per REST port in distributed mode, as a team runs it on
     several hosts: its tasks shared among the JVMs, its offsets, configs and statuses in
-    topics named after `topics_prefix`."""
+    topics named after `topics_prefix` (`cluster_topics`)."""
 
-    def start(self, worker: Mapping[str, str], topics_prefix: str) -> None:
+    topics_prefix: str = ""
+
+    async def launch(
+        self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
+    ) -> None:
+        self.start(worker)
+        await self.create(connector, tasks)
+
+    def start(self, worker: Mapping[str, str]) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        prefix = self.topics_prefix or f"{self.name}-cluster"
         for index, port in enumerate(self.rest_ports):
-            props = cluster_properties(worker, f"{self.name}-cluster", topics_prefix, port)
+            props = cluster_properties(worker, f"{self.name}-cluster", prefix, port)
             worker_file = self.work_dir / f"worker-{index}.properties"
             worker_file.write_text(_render(props))
             self._spawn(index, "org.apache.kafka.connect.cli.ConnectDistributed", worker_file)
@@ -517,12 +547,12 @@ async def measure(
     before_timing: Callable[[], Awaitable[None]],
     on_progress: Callable[[int, int], None] = lambda _done, _total: None,
     workers: int = 1,
-    cluster_topics: str = "",
+    cluster_prefix: str = "",
 ) -> PeerRun:
     """The sink's rate on `commands`, its JVM warmed by `warmup` first; and on `warmup`, cold.
 
     One JVM runs Connect standalone; `workers` > 1 JVMs run it distributed, one cluster whose
-    own topics are named from `cluster_topics`.
+    own topics are named from `cluster_prefix` (`cluster_topics`).
 
     `topics` are (warm-up, measured), both empty and subscribed from the start. The warm-up is
     published, Connect started, and its rows timed from the tasks RUNNING to the last row: a
@@ -540,22 +570,16 @@ async def measure(
     worker = worker_properties(
         settings, work_dir=work_dir, rest_port=ports[0], fetch_bytes=fetch_bytes
     )
-    connect: Connect
+    connect = (
+        ConnectStandalone(libs, work_dir, ports)
+        if workers == 1
+        else ConnectDistributed(libs, work_dir, ports, topics_prefix=cluster_prefix)
+    )
+    connector = connector_properties(
+        connect.name, f"{warm_topic},{topic}", database_url, tasks=tasks
+    )
     try:
-        if workers == 1:
-            connect = standalone = ConnectStandalone(libs, work_dir, ports)
-            connector = connector_properties(
-                standalone.name, f"{warm_topic},{topic}", database_url, tasks=tasks
-            )
-            standalone.start(worker, connector)
-            await standalone.wait_state("RUNNING", tasks)
-        else:
-            connect = cluster = ConnectDistributed(libs, work_dir, ports)
-            connector = connector_properties(
-                cluster.name, f"{warm_topic},{topic}", database_url, tasks=tasks
-            )
-            cluster.start(worker, cluster_topics or f"{cluster.name}-cluster")
-            await cluster.create(connector, tasks)
+        await connect.launch(worker, connector, tasks)
         cold_started = time.time()
         cold_last = await wait_rows(
             database_url, cold_rows, connect=connect, on_progress=lambda n: on_progress(n, total)
