@@ -174,6 +174,52 @@ async def test_without_the_groups_offset_only_a_read_from_the_start_is_committed
     assert consumer.commits == ([{P0: 2}] if from_earliest else [])
 
 
+async def test_at_shutdown_a_group_offset_still_being_asked_commits_with_the_last_commit() -> None:
+    consumer = FetchingConsumer({P0})
+    committer = OffsetCommitter(backoff())
+    listener = SkippedOffsets(committer, lambda: consumer, from_earliest=True)
+    await listener.on_partitions_assigned({P0})
+    answer = asyncio.Event()
+    ask = consumer.committed
+
+    async def slow_committed(tp: TopicPartition) -> int | None:
+        await answer.wait()
+        return await ask(tp)
+
+    consumer.committed = slow_committed  # type: ignore[method-assign]
+    consumer.group_offsets = {P0: 5}
+    consumer.fetches = [({}, {P0: 6})]  # the position set from 5 and moved past a marker
+    await consumer.getmany()
+    await asyncio.sleep(0.01)
+    assert consumer.commits == []  # the group's offset not answered yet
+    shutdown = asyncio.create_task(listener.settle(5.0))
+    await asyncio.sleep(0.01)
+    assert not shutdown.done()  # waits for the answer
+    answer.set()
+    await shutdown
+    await committer.close()
+    assert consumer.commits == [{P0: 6}]
+
+
+async def test_settling_waits_no_longer_than_it_is_given() -> None:
+    consumer = FetchingConsumer({P0})
+    committer = OffsetCommitter(backoff())
+    listener = SkippedOffsets(committer, lambda: consumer, from_earliest=True)
+    await listener.on_partitions_assigned({P0})
+    never = asyncio.Event()
+
+    async def unanswered(tp: TopicPartition) -> int | None:
+        await never.wait()
+        return None
+
+    consumer.committed = unanswered  # type: ignore[method-assign]
+    consumer.fetches = [({}, {P0: 6})]
+    await consumer.getmany()
+    await asyncio.wait_for(listener.settle(0.05), timeout=5.0)
+    await committer.close()
+    assert consumer.commits == []
+
+
 async def test_records_not_yet_handled_are_never_committed_past() -> None:
     consumer, committer = await watched({P0})
     consumer.states[P0].position = 0

@@ -439,6 +439,7 @@ def build_worker(settings: Settings, *, store_factory: StoreFactory = postgres_s
         await lanes.drain(settings.shutdown_timeout_s)
         if worker.runner is not None:  # the last records' results, still being acknowledged
             await worker.runner.delivered(max(0.0, deadline - time.monotonic()))
+        await skipped.settle(deadline - time.monotonic())
         await committer.close()
 
     worker = Worker(settings=settings, app=app, broker=broker, health=health)

@@ -129,6 +129,12 @@ class SkippedOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
             if start is not None and end > start:
                 self._committer.skipped(consumer, tp, start, end)
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the group's offsets still being asked, so that a
+        commit they find goes out with the last one at shutdown, not at the next start."""
+        if self._checks:
+            await asyncio.wait(set(self._checks), timeout=max(timeout_s, 0.0))
+
     async def _catch_up(self, consumer: Any, assignment: Any, tp: TopicPartition, end: int) -> None:
         """Commit `end` if the group's offset for `tp` is behind it. Without one the fetch
         started at the log's start (`earliest`), which only moves on; after `latest`, where it
