@@ -338,8 +338,9 @@ class Connect:
     async def _status(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._rest, "GET", f"/{self.name}/status") or {}
 
-    async def wait_state(self, state: str, tasks: int) -> None:
-        """Wait until the connector and all its `tasks` report `state` (RUNNING, PAUSED)."""
+    async def wait_state(self, state: str, tasks: int) -> float:
+        """Wait until the connector and all its `tasks` report `state` (RUNNING, PAUSED);
+        returns the wall-clock time (epoch s) this was seen."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             self.alive()
@@ -349,14 +350,16 @@ class Connect:
                 raise PeerError(f"a connector task failed; see {self.log_path}:\n{self._tail()}")
             connector = status.get("connector", {}).get("state")
             if connector == state and len(states) == tasks and set(states) == {state}:
-                return
+                return time.time()
             await asyncio.sleep(0.1)
         raise PeerError(f"Connect's tasks were not {state} after {READY_TIMEOUT_S:.0f}s")
 
     async def launch(
         self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
-    ) -> None:
-        """Start the JVMs and return once the connector's `tasks` are RUNNING."""
+    ) -> float:
+        """Start the JVMs and return once the connector's `tasks` are RUNNING, with the time
+        (epoch s) they were first seen RUNNING (the peer's cold start is timed from it, or
+        from its first row when that came first)."""
         raise NotImplementedError
 
     async def pause(self, tasks: int) -> None:
@@ -389,9 +392,9 @@ class ConnectStandalone(Connect):
 
     async def launch(
         self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
-    ) -> None:
+    ) -> float:
         self.start(worker, connector)
-        await self.wait_state("RUNNING", tasks)
+        return await self.wait_state("RUNNING", tasks)
 
     def start(self, worker: Mapping[str, str], connector: Mapping[str, str]) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -414,9 +417,9 @@ class ConnectDistributed(Connect):
 
     async def launch(
         self, worker: Mapping[str, str], connector: Mapping[str, str], tasks: int
-    ) -> None:
+    ) -> float:
         self.start(worker)
-        await self.create(connector, tasks)
+        return await self.create(connector, tasks)
 
     def start(self, worker: Mapping[str, str]) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -427,9 +430,11 @@ class ConnectDistributed(Connect):
             worker_file.write_text(_render(props))
             self._spawn(index, "org.apache.kafka.connect.cli.ConnectDistributed", worker_file)
 
-    async def create(self, connector: Mapping[str, str], tasks: int) -> None:
+    async def create(self, connector: Mapping[str, str], tasks: int) -> float:
         """Submit the connector once every JVM answers, and wait until its tasks run on as
-        many JVMs as there are tasks for (a JVM that joins late gets its share then)."""
+        many JVMs as there are tasks for (a JVM that joins late gets its share then).
+        Returns when they were first all RUNNING (the spreading comes after, while they
+        already write rows)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         for port in self.rest_ports:
             while await asyncio.to_thread(self._rest, "GET", "", port=port) is None:
@@ -446,12 +451,12 @@ class ConnectDistributed(Connect):
                 raise PeerError(f"Connect did not take the connector; see {self.log_path}")
             await asyncio.to_thread(self._rest, "POST", "", body)
             await asyncio.sleep(0.5)
-        await self.wait_state("RUNNING", tasks)
+        running = await self.wait_state("RUNNING", tasks)
         spread = min(len(self.rest_ports), tasks)
         while time.monotonic() < deadline:
             status = await self._status()
             if len({t.get("worker_id") for t in status.get("tasks", [])}) >= spread:
-                return
+                return running
             await asyncio.sleep(0.2)
         raise PeerError(f"Connect's tasks did not spread over {spread} JVMs")
 
@@ -462,8 +467,9 @@ async def wait_rows(
     *,
     connect: Connect,
     on_progress: Callable[[int], None] = lambda _: None,
-) -> float:
-    """Poll the row count until `expected`; returns the last row's written_at (epoch s)."""
+) -> tuple[float, float]:
+    """Poll the row count until `expected`; returns the first and the last row's written_at
+    (epoch s)."""
     conn = await asyncpg.connect(url)
     try:
         seen, last_change = -1, time.monotonic()
@@ -472,10 +478,12 @@ async def wait_rows(
             count = int(await conn.fetchval(f"SELECT count(*) FROM public.{TABLE}"))
             on_progress(count)
             if count >= expected:
-                last = await conn.fetchval(
-                    f"SELECT extract(epoch FROM max(written_at)) FROM public.{TABLE}"
+                span = await conn.fetchrow(
+                    f"SELECT extract(epoch FROM min(written_at)) AS first, "
+                    f"extract(epoch FROM max(written_at)) AS last FROM public.{TABLE}"
                 )
-                return float(last)
+                assert span is not None  # an aggregate's one row
+                return float(span["first"]), float(span["last"])
             if count != seen:
                 seen, last_change = count, time.monotonic()
             elif time.monotonic() - last_change > STALL_TIMEOUT_S:
@@ -579,18 +587,21 @@ async def measure(
         connect.name, f"{warm_topic},{topic}", database_url, tasks=tasks
     )
     try:
-        await connect.launch(worker, connector, tasks)
-        cold_started = time.time()
-        cold_last = await wait_rows(
+        running = await connect.launch(worker, connector, tasks)
+        cold_first, cold_last = await wait_rows(
             database_url, cold_rows, connect=connect, on_progress=lambda n: on_progress(n, total)
         )
+        # From the tasks RUNNING, or from the first row where that came before the status
+        # said so: a cluster's statuses travel through a topic and can lag its tasks by
+        # seconds, and its tasks write rows while they spread over the JVMs.
+        cold_started = min(running, cold_first)
         await connect.pause(tasks)
         await _truncate(database_url)
         await publish(topic, commands)
         await before_timing()
         started = time.time()
         await connect.resume()
-        last = await wait_rows(
+        _, last = await wait_rows(
             database_url,
             expected,
             connect=connect,
