@@ -94,13 +94,20 @@ def backoff() -> Backoff:
     return Backoff(initial_s=0.01, max_s=0.01)
 
 
-async def watched(
+async def listening(
     tps: set[TopicPartition], *, from_earliest: bool = True
-) -> tuple[FetchingConsumer, OffsetCommitter]:
+) -> tuple[FetchingConsumer, OffsetCommitter, SkippedOffsets]:
     consumer = FetchingConsumer(tps)
     committer = OffsetCommitter(backoff())
     listener = SkippedOffsets(committer, lambda: consumer, from_earliest=from_earliest)
     await listener.on_partitions_assigned(tps)
+    return consumer, committer, listener
+
+
+async def watched(
+    tps: set[TopicPartition], *, from_earliest: bool = True
+) -> tuple[FetchingConsumer, OffsetCommitter]:
+    consumer, committer, _ = await listening(tps, from_earliest=from_earliest)
     return consumer, committer
 
 
@@ -175,10 +182,7 @@ async def test_without_the_groups_offset_only_a_read_from_the_start_is_committed
 
 
 async def test_at_shutdown_a_group_offset_still_being_asked_commits_with_the_last_commit() -> None:
-    consumer = FetchingConsumer({P0})
-    committer = OffsetCommitter(backoff())
-    listener = SkippedOffsets(committer, lambda: consumer, from_earliest=True)
-    await listener.on_partitions_assigned({P0})
+    consumer, committer, listener = await listening({P0})
     answer = asyncio.Event()
     ask = consumer.committed
 
@@ -202,10 +206,7 @@ async def test_at_shutdown_a_group_offset_still_being_asked_commits_with_the_las
 
 
 async def test_settling_waits_no_longer_than_it_is_given() -> None:
-    consumer = FetchingConsumer({P0})
-    committer = OffsetCommitter(backoff())
-    listener = SkippedOffsets(committer, lambda: consumer, from_earliest=True)
-    await listener.on_partitions_assigned({P0})
+    consumer, committer, listener = await listening({P0})
     never = asyncio.Event()
 
     async def unanswered(tp: TopicPartition) -> int | None:
