@@ -563,8 +563,9 @@ async def measure(
     own topics are named from `cluster_prefix` (`cluster_topics`).
 
     `topics` are (warm-up, measured), both empty and subscribed from the start. The warm-up is
-    published, Connect started, and its rows timed from the tasks RUNNING to the last row: a
-    cold start, as the worker's e2e is timed from its readiness. Then the connector is paused,
+    published, Connect started, and its rows timed from the tasks RUNNING (or the first row,
+    when that came first) to the last row: a cold start, as the worker's e2e is timed from its
+    readiness. Then the connector is paused,
     the table emptied, `commands` published, and the clock runs from the resume to the last
     row: a JIT-compiled JVM with a joined consumer group, which favours the peer.
     """

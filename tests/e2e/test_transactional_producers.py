@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 
 from tests.e2e.test_replay_cli import cli, last_json
 from tests.fixtures.workers import WorkerSetup
@@ -22,7 +22,8 @@ from tests.support.streams import make_stream, reference_digest
 
 def partition_of(line: str, partitions: int = 6) -> int:
     """Where the producer's default partitioner puts a command (murmur2 of its key)."""
-    return (murmur2(json.loads(line)["user_id"].encode()) & 0x7FFFFFFF) % partitions
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(json.loads(line)["user_id"].encode(), every, every))
 
 
 def ids(lines: Sequence[str]) -> set[str]:
